@@ -1,0 +1,79 @@
+# mod_wasm: build, demo, tests, install.
+#
+#   make run       install what is missing, build, start the demo server
+#   make test      run every test (runtime unit tests + end-to-end against Apache)
+#   make install   install into Apache (DESTDIR supported)
+#
+# One cargo profile (release) for everything: Wasmtime is built once.
+
+SHELL       := /bin/bash
+APXS        ?= apxs
+CARGO       ?= cargo
+CLANG       ?= clang
+PORT        ?= 8080
+BUILD       := build
+PROFILE_DIR := target/release
+LIBEXECDIR  := $(shell $(APXS) -q LIBEXECDIR 2>/dev/null)
+SYSCONFDIR  ?= /etc/apache2
+
+GUEST_SRC   := $(wildcard guests/*.c)
+GUESTS      := $(patsubst guests/%.c,$(BUILD)/guests/%.wasm,$(GUEST_SRC))
+RUNTIME_SRC := $(shell find runtime/src runtime/include -type f) runtime/Cargo.toml runtime/build.rs Cargo.toml
+
+.PHONY: all deps run stop test unit e2e install clean fmt lint
+
+all: $(BUILD)/mod_wasm.so $(GUESTS)
+
+# Debian packages the build and the tests need (installed only when missing,
+# only as root).
+deps:
+	@scripts/install-deps
+
+$(BUILD)/libwasm_runtime.so: $(RUNTIME_SRC) Cargo.lock
+	$(CARGO) build --release --locked -p wasm_runtime
+	@mkdir -p $(BUILD)
+	cp $(PROFILE_DIR)/libwasm_runtime.so $@
+
+# The module finds libwasm_runtime.so next to itself ($ORIGIN): LoadModule
+# alone is enough, no LD_LIBRARY_PATH.
+$(BUILD)/mod_wasm.so: mod_wasm_c/mod_wasm.c runtime/include/wasm_runtime.h $(BUILD)/libwasm_runtime.so
+	cd mod_wasm_c && $(APXS) -c -Wc,-Wall -Wc,-Wextra -Wc,-Wno-unused-parameter \
+	    -I ../runtime/include -o mod_wasm.so mod_wasm.c \
+	    -L../$(BUILD) -lwasm_runtime '-Wl,-rpath,\$$ORIGIN' >/dev/null
+	cp mod_wasm_c/.libs/mod_wasm.so $@
+
+$(BUILD)/guests/%.wasm: guests/%.c
+	@mkdir -p $(dir $@)
+	$(CLANG) --target=wasm32-wasi -O2 -s -o $@ $<
+
+run: deps all
+	@scripts/demo start $(PORT)
+
+stop:
+	@scripts/demo stop
+
+test: deps all
+	$(CARGO) test --release --locked --workspace -- --test-threads=2
+
+unit:
+	$(CARGO) test --release --locked -p wasm_runtime
+
+e2e: all
+	$(CARGO) test --release --locked -p e2e -- --test-threads=2
+
+install: all
+	install -d $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(SYSCONFDIR)/mods-available
+	install -m 644 $(BUILD)/libwasm_runtime.so $(DESTDIR)$(LIBEXECDIR)/libwasm_runtime.so
+	install -m 644 $(BUILD)/mod_wasm.so $(DESTDIR)$(LIBEXECDIR)/mod_wasm.so
+	sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|' conf/debian/wasm.load > $(DESTDIR)$(SYSCONFDIR)/mods-available/wasm.load
+	install -m 644 conf/debian/wasm.conf $(DESTDIR)$(SYSCONFDIR)/mods-available/wasm.conf
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+clean:
+	rm -rf $(BUILD) mod_wasm_c/.libs mod_wasm_c/*.la mod_wasm_c/*.lo mod_wasm_c/*.slo mod_wasm_c/*.o

@@ -1,0 +1,790 @@
+/*
+ * mod_wasm.c: Apache glue for mod_wasm.
+ *
+ * This file only speaks Apache: it parses the Wasm* directives, asks the
+ * runtime (libwasm_runtime, see runtime/include/wasm_runtime.h) to compile
+ * every module at configuration time and to load them in each child, builds
+ * the CGI environment with Apache's own helpers, and turns the guest's
+ * stdout into a response with Apache's own CGI header scanner. Every
+ * decision about WebAssembly is the runtime's.
+ */
+
+#include "apr_strings.h"
+#include "apr_buckets.h"
+#include "apr_file_info.h"
+
+#include "ap_config.h"
+#include "ap_mpm.h"
+#include "httpd.h"
+#include "http_config.h"
+#include "http_core.h"
+#include "http_log.h"
+#include "http_main.h"
+#include "http_protocol.h"
+#include "http_request.h"
+#include "util_script.h"
+
+#include "wasm_runtime.h"
+
+/* Unique ids for our log lines, in the spirit of Apache's APLOGNO(). */
+#define WASMLOGNO(n) "WASM" #n ": "
+
+#define WASM_HANDLER "wasm-handler"
+
+module AP_MODULE_DECLARE_DATA wasm_module;
+
+/* A distinct WasmModule file. One record per path per configuration pass,
+ * however many sections name it, so it is compiled and loaded once. */
+typedef struct {
+    const char *path;        /* absolute path of the .wasm */
+    const char *defined_at;  /* "file:line" of the first WasmModule naming it */
+    const char *cwasm;       /* its cache entry, once check_config ran */
+    int cache_hit;
+    apr_uint64_t millis;
+} wasm_module_rec;
+
+/* Per-directory configuration. Unset fields inherit on merge. */
+typedef struct {
+    int module;                 /* index into wasm_modules, -1: unset */
+    const char *location;       /* <Location> path the module was set in */
+    apr_array_header_t *args;   /* of const char *, NULL: unset */
+    apr_table_t *env;           /* WasmEnv, merged key by key */
+    apr_array_header_t *dirs;   /* of wasm_rt_dir, merged by guest path */
+    const char *entry;          /* WasmEntryPoint, NULL: unset */
+} wasm_dir_conf;
+
+/* Configuration-pass state, allocated from pconf and reset in pre_config:
+ * the module is reloaded on restart, but say so explicitly. */
+static apr_array_header_t *wasm_modules;
+static const char *wasm_cache_dir;
+
+/* The child's runtime, created in child_init. Lives as long as the process:
+ * worker threads may still be finishing requests while the child pool is
+ * destroyed, so it is never freed from a pool cleanup. */
+static wasm_rt_runtime *wasm_runtime;
+
+/* ---------------------------------------------------------------- config */
+
+static void *wasm_create_dir_conf(apr_pool_t *p, char *dir)
+{
+    wasm_dir_conf *conf = apr_pcalloc(p, sizeof(*conf));
+    conf->module = -1;
+    conf->env = apr_table_make(p, 4);
+    return conf;
+}
+
+static apr_array_header_t *wasm_merge_dirs(apr_pool_t *p,
+                                           const apr_array_header_t *base,
+                                           const apr_array_header_t *add)
+{
+    apr_array_header_t *out;
+    int i, j;
+
+    if (!base) {
+        return (apr_array_header_t *)add;
+    }
+    if (!add) {
+        return (apr_array_header_t *)base;
+    }
+    /* The inner section wins for a guest path both map. */
+    out = apr_array_copy(p, add);
+    for (i = 0; i < base->nelts; i++) {
+        const wasm_rt_dir *b = &APR_ARRAY_IDX(base, i, wasm_rt_dir);
+        int shadowed = 0;
+        for (j = 0; j < add->nelts; j++) {
+            if (!strcmp(b->guest_path,
+                        APR_ARRAY_IDX(add, j, wasm_rt_dir).guest_path)) {
+                shadowed = 1;
+                break;
+            }
+        }
+        if (!shadowed) {
+            APR_ARRAY_PUSH(out, wasm_rt_dir) = *b;
+        }
+    }
+    return out;
+}
+
+static void *wasm_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
+{
+    const wasm_dir_conf *base = basev, *add = addv;
+    wasm_dir_conf *conf = apr_pcalloc(p, sizeof(*conf));
+
+    if (add->module >= 0) {
+        conf->module = add->module;
+        conf->location = add->location;
+    }
+    else {
+        conf->module = base->module;
+        conf->location = base->location;
+    }
+    conf->args = add->args ? add->args : base->args;
+    conf->env = apr_table_overlay(p, base->env, add->env);
+    /* overlay keeps both values of a name set in both: keep the inner one. */
+    apr_table_compress(conf->env, APR_OVERLAP_TABLES_SET);
+    conf->dirs = wasm_merge_dirs(p, base->dirs, add->dirs);
+    conf->entry = add->entry ? add->entry : base->entry;
+    return conf;
+}
+
+static const char *wasm_where(cmd_parms *cmd)
+{
+    return apr_psprintf(cmd->pool, "%s:%d", cmd->directive->filename,
+                        cmd->directive->line_num);
+}
+
+/* The <Location> path that encloses this directive, or NULL when it is in
+ * another kind of section or the location is a regular expression. */
+static const char *wasm_enclosing_location(cmd_parms *cmd)
+{
+    const ap_directive_t *parent = cmd->directive->parent;
+
+    if (!parent || strcasecmp(parent->directive, "<Location") != 0
+        || !cmd->path || cmd->path[0] != '/') {
+        return NULL;
+    }
+    return cmd->path;
+}
+
+static const char *wasm_cmd_module(cmd_parms *cmd, void *dconf,
+                                   const char *arg)
+{
+    wasm_dir_conf *conf = dconf;
+    const char *path = ap_server_root_relative(cmd->pool, arg);
+    apr_finfo_t finfo;
+    apr_file_t *f;
+    unsigned char magic[4];
+    apr_size_t n = sizeof(magic);
+    apr_status_t rv;
+    int i;
+
+    if (!path) {
+        return apr_psprintf(cmd->pool, "WasmModule: invalid path '%s'", arg);
+    }
+    rv = apr_stat(&finfo, path, APR_FINFO_TYPE, cmd->temp_pool);
+    if (rv != APR_SUCCESS || finfo.filetype != APR_REG) {
+        return apr_psprintf(cmd->pool,
+                            "WasmModule: '%s' does not exist or is not a file",
+                            path);
+    }
+    /* A cheap early check, so configtest names the line of an obvious
+     * mistake; full validation happens when the module is compiled. */
+    rv = apr_file_open(&f, path, APR_FOPEN_READ, APR_OS_DEFAULT,
+                       cmd->temp_pool);
+    if (rv != APR_SUCCESS) {
+        return apr_psprintf(cmd->pool, "WasmModule: cannot open '%s': %pm",
+                            path, &rv);
+    }
+    rv = apr_file_read_full(f, magic, sizeof(magic), &n);
+    apr_file_close(f);
+    if (rv != APR_SUCCESS || memcmp(magic, "\0asm", 4) != 0) {
+        return apr_psprintf(cmd->pool,
+                            "WasmModule: '%s' is not a WebAssembly binary "
+                            "(no \\0asm header)", path);
+    }
+
+    for (i = 0; i < wasm_modules->nelts; i++) {
+        if (!strcmp(APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec).path,
+                    path)) {
+            break;
+        }
+    }
+    if (i == wasm_modules->nelts) {
+        wasm_module_rec *m = apr_array_push(wasm_modules);
+        memset(m, 0, sizeof(*m));
+        m->path = path;
+        m->defined_at = wasm_where(cmd);
+    }
+    conf->module = i;
+    conf->location = wasm_enclosing_location(cmd);
+    return NULL;
+}
+
+static const char *wasm_cmd_arg(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    wasm_dir_conf *conf = dconf;
+
+    if (!conf->args) {
+        conf->args = apr_array_make(cmd->pool, 4, sizeof(const char *));
+    }
+    APR_ARRAY_PUSH(conf->args, const char *) = arg;
+    return NULL;
+}
+
+static const char *wasm_cmd_env(cmd_parms *cmd, void *dconf,
+                                const char *name, const char *value)
+{
+    wasm_dir_conf *conf = dconf;
+
+    if (!*name || strchr(name, '=')) {
+        return apr_psprintf(cmd->pool,
+                            "WasmEnv: invalid variable name '%s'", name);
+    }
+    apr_table_set(conf->env, name, value);
+    return NULL;
+}
+
+static const char *wasm_add_dir(cmd_parms *cmd, wasm_dir_conf *conf,
+                                const char *guest, const char *host_arg,
+                                const char *mode)
+{
+    const char *host = ap_server_root_relative(cmd->pool, host_arg);
+    apr_finfo_t finfo;
+    wasm_rt_dir *d;
+    int read_only = 0;
+
+    if (mode) {
+        if (!strcasecmp(mode, "ro")) {
+            read_only = 1;
+        }
+        else if (strcasecmp(mode, "rw")) {
+            return apr_psprintf(cmd->pool, "%s: access must be 'ro' or 'rw', "
+                                "not '%s'", cmd->cmd->name, mode);
+        }
+    }
+    if (!host || apr_stat(&finfo, host, APR_FINFO_TYPE, cmd->temp_pool)
+                     != APR_SUCCESS
+        || finfo.filetype != APR_DIR) {
+        return apr_psprintf(cmd->pool, "%s: '%s' is not a directory",
+                            cmd->cmd->name, host ? host : host_arg);
+    }
+    if (!conf->dirs) {
+        conf->dirs = apr_array_make(cmd->pool, 2, sizeof(wasm_rt_dir));
+    }
+    d = apr_array_push(conf->dirs);
+    d->guest_path = guest ? guest : host;
+    d->host_path = host;
+    d->read_only = read_only;
+    return NULL;
+}
+
+static const char *wasm_cmd_dir(cmd_parms *cmd, void *dconf,
+                                const char *dir, const char *mode)
+{
+    return wasm_add_dir(cmd, dconf, NULL, dir, mode);
+}
+
+static const char *wasm_cmd_map_dir(cmd_parms *cmd, void *dconf,
+                                    const char *args)
+{
+    const char *guest = ap_getword_conf(cmd->pool, &args);
+    const char *host = ap_getword_conf(cmd->pool, &args);
+    const char *mode = ap_getword_conf(cmd->pool, &args);
+
+    if (!*guest || !*host || *args) {
+        return "WasmMapDir takes a guest path, a host directory and "
+               "optionally 'ro' or 'rw'";
+    }
+    if (guest[0] != '/' && guest[0] != '.') {
+        return apr_psprintf(cmd->pool, "WasmMapDir: guest path '%s' must be "
+                            "absolute (or '.')", guest);
+    }
+    return wasm_add_dir(cmd, dconf, guest, host, *mode ? mode : NULL);
+}
+
+static const char *wasm_cmd_entry(cmd_parms *cmd, void *dconf,
+                                  const char *name)
+{
+    ((wasm_dir_conf *)dconf)->entry = name;
+    return NULL;
+}
+
+static const char *wasm_cmd_cache_dir(cmd_parms *cmd, void *dconf,
+                                      const char *dir)
+{
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+
+    if (err) {
+        return err;
+    }
+    wasm_cache_dir = ap_server_root_relative(cmd->pool, dir);
+    if (!wasm_cache_dir) {
+        return apr_psprintf(cmd->pool, "WasmCacheDir: invalid path '%s'", dir);
+    }
+    return NULL;
+}
+
+static const command_rec wasm_cmds[] = {
+    AP_INIT_TAKE1("WasmModule", wasm_cmd_module, NULL, RSRC_CONF | ACCESS_CONF,
+                  "path of the WebAssembly (WASI command) module to run"),
+    AP_INIT_ITERATE("WasmArg", wasm_cmd_arg, NULL, RSRC_CONF | ACCESS_CONF,
+                    "arguments passed to the module after argv[0]"),
+    AP_INIT_TAKE2("WasmEnv", wasm_cmd_env, NULL, RSRC_CONF | ACCESS_CONF,
+                  "an environment variable for the module: name and value"),
+    AP_INIT_TAKE12("WasmDir", wasm_cmd_dir, NULL, RSRC_CONF | ACCESS_CONF,
+                   "a host directory the module may see at the same path, "
+                   "optionally 'ro'"),
+    AP_INIT_RAW_ARGS("WasmMapDir", wasm_cmd_map_dir, NULL,
+                     RSRC_CONF | ACCESS_CONF,
+                     "guest path, host directory, optionally 'ro' or 'rw'"),
+    AP_INIT_TAKE1("WasmEntryPoint", wasm_cmd_entry, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "exported function to call instead of _start"),
+    AP_INIT_TAKE1("WasmCacheDir", wasm_cmd_cache_dir, NULL, RSRC_CONF,
+                  "directory for compiled modules (server-wide)"),
+    {NULL}
+};
+
+/* ----------------------------------------------------------------- hooks */
+
+static int wasm_pre_config(apr_pool_t *pconf, apr_pool_t *plog,
+                           apr_pool_t *ptemp)
+{
+    wasm_modules = apr_array_make(pconf, 4, sizeof(wasm_module_rec));
+    wasm_cache_dir = NULL;
+    return OK;
+}
+
+/* Compiles every module into the cache. Runs in each configuration pass,
+ * including `apachectl configtest`, so a module that cannot run stops the
+ * server before it starts. The runtime compiles in a forked process:
+ * the parent keeps no Wasmtime threads or signal handlers to fork. */
+static int wasm_check_config(apr_pool_t *pconf, apr_pool_t *plog,
+                             apr_pool_t *ptemp, server_rec *s)
+{
+    int i;
+
+    if (!wasm_cache_dir) {
+        wasm_cache_dir = ap_runtime_dir_relative(pconf, "mod_wasm-cache");
+    }
+    for (i = 0; i < wasm_modules->nelts; i++) {
+        wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec);
+        char *cwasm = NULL, *error = NULL;
+        int32_t hit = 0;
+        uint64_t millis = 0;
+        int32_t rc = wasm_rt_precompile(m->path, wasm_cache_dir, &cwasm,
+                                        &hit, &millis, &error);
+        if (rc != WASM_RT_OK) {
+            ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
+                         WASMLOGNO(00001) "WasmModule %s (defined at %s): %s",
+                         m->path, m->defined_at, error ? error : "failed");
+            wasm_rt_string_free(error);
+            return HTTP_INTERNAL_SERVER_ERROR;
+        }
+        m->cwasm = apr_pstrdup(pconf, cwasm);
+        m->cache_hit = hit;
+        m->millis = millis;
+        wasm_rt_string_free(cwasm);
+    }
+    return OK;
+}
+
+static int wasm_post_config(apr_pool_t *pconf, apr_pool_t *plog,
+                            apr_pool_t *ptemp, server_rec *s)
+{
+    int i;
+
+    /* The logs are open now: say what check_config did. */
+    for (i = 0; i < wasm_modules->nelts; i++) {
+        wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec);
+        if (m->cache_hit) {
+            ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, s, WASMLOGNO(00002)
+                         "%s: cache hit, %s", m->path, m->cwasm);
+        }
+        else {
+            ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, WASMLOGNO(00003)
+                         "%s: compiled in %" APR_UINT64_T_FMT " ms into %s",
+                         m->path, m->millis, m->cwasm);
+        }
+    }
+    ap_add_version_component(pconf, "mod_wasm/0.1");
+    return OK;
+}
+
+static void wasm_child_init(apr_pool_t *pchild, server_rec *s)
+{
+    const char **paths, **names;
+    int threads = 1, i, n = wasm_modules ? wasm_modules->nelts : 0;
+    char *error = NULL;
+
+    wasm_runtime = NULL;
+    if (n == 0) {
+        return;
+    }
+    /* One request per worker thread at a time: that many pool slots. */
+    if (ap_mpm_query(AP_MPMQ_MAX_THREADS, &threads) != APR_SUCCESS
+        || threads < 1) {
+        threads = 1;
+    }
+    paths = apr_palloc(pchild, n * sizeof(*paths));
+    names = apr_palloc(pchild, n * sizeof(*names));
+    for (i = 0; i < n; i++) {
+        wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec);
+        paths[i] = m->cwasm;
+        names[i] = m->path;
+    }
+    /* The engine is created here, after Apache set up its signal handlers,
+     * so that Wasmtime's trap handlers run first (and chain to Apache's for
+     * faults that are not guest traps). */
+    if (wasm_rt_runtime_new(paths, names, n, (uint32_t)threads,
+                            &wasm_runtime, &error) != WASM_RT_OK) {
+        ap_log_error(APLOG_MARK, APLOG_CRIT, 0, s, WASMLOGNO(00004)
+                     "cannot start the WebAssembly runtime in this child: %s",
+                     error ? error : "unknown error");
+        wasm_rt_string_free(error);
+        wasm_runtime = NULL;
+    }
+}
+
+/* --------------------------------------------------------------- request */
+
+/* Reads the whole request body through the input filters (so chunked
+ * bodies and LimitRequestBody work as for any handler). */
+static int wasm_read_body(request_rec *r, wasm_rt_body **out)
+{
+    const char *cl = apr_table_get(r->headers_in, "Content-Length");
+    apr_bucket_brigade *bb;
+    wasm_rt_body *body;
+    apr_off_t hint = 0;
+    int seen_eos = 0;
+
+    *out = NULL;
+    if (!cl && !apr_table_get(r->headers_in, "Transfer-Encoding")) {
+        return OK;
+    }
+    if (cl && (apr_strtoff(&hint, cl, NULL, 10) != APR_SUCCESS || hint < 0)) {
+        hint = 0;
+    }
+    body = wasm_rt_body_new((size_t)hint);
+    if (!body) {
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    bb = apr_brigade_create(r->pool, r->connection->bucket_alloc);
+    do {
+        apr_bucket *b;
+        apr_status_t rv = ap_get_brigade(r->input_filters, bb,
+                                         AP_MODE_READBYTES, APR_BLOCK_READ,
+                                         HUGE_STRING_LEN);
+        if (rv != APR_SUCCESS) {
+            wasm_rt_body_free(body);
+            ap_log_rerror(APLOG_MARK, APLOG_INFO, rv, r, WASMLOGNO(00010)
+                          "error reading the request body");
+            return ap_map_http_request_error(rv, HTTP_BAD_REQUEST);
+        }
+        for (b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb);
+             b = APR_BUCKET_NEXT(b)) {
+            const char *data;
+            apr_size_t len;
+
+            if (APR_BUCKET_IS_EOS(b)) {
+                seen_eos = 1;
+                break;
+            }
+            if (APR_BUCKET_IS_METADATA(b)) {
+                continue;
+            }
+            rv = apr_bucket_read(b, &data, &len, APR_BLOCK_READ);
+            if (rv != APR_SUCCESS) {
+                wasm_rt_body_free(body);
+                return ap_map_http_request_error(rv, HTTP_BAD_REQUEST);
+            }
+            if (len && wasm_rt_body_append(body, data, len) != WASM_RT_OK) {
+                wasm_rt_body_free(body);
+                return HTTP_INTERNAL_SERVER_ERROR;
+            }
+        }
+        apr_brigade_cleanup(bb);
+    } while (!seen_eos);
+    *out = body;
+    return OK;
+}
+
+/* For a module set in a <Location>, the location is the script and the rest
+ * of the URI is PATH_INFO: Apache's filesystem walk knows nothing of a
+ * location with no file behind it. */
+static void wasm_split_location(request_rec *r, const char *location)
+{
+    apr_size_t len = strlen(location);
+
+    while (len > 1 && location[len - 1] == '/') {
+        len--;
+    }
+    if (len == 1 && location[0] == '/') {
+        len = 0;
+    }
+    if (strncmp(r->uri, location, len) == 0
+        && (r->uri[len] == '/' || r->uri[len] == '\0')) {
+        r->path_info = apr_pstrdup(r->pool, r->uri + len);
+    }
+}
+
+static const char *const wasm_host_vars[] = {
+    "PATH", "LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH", "LIBPATH", "SHLIB_PATH",
+    "SystemRoot", "COMSPEC", "PATHEXT", "WINDIR", NULL
+};
+
+/* The guest's environment: the CGI/1.1 variables Apache computes for
+ * mod_cgi, minus the server's own PATH, plus WasmEnv. */
+static void wasm_build_env(request_rec *r, const wasm_dir_conf *conf,
+                           const char *module_path, wasm_rt_request *req)
+{
+    const apr_array_header_t *arr;
+    const apr_table_entry_t *elts;
+    const char **names, **values;
+    apr_table_t *e;
+    int i, n = 0;
+
+    if (conf->location) {
+        wasm_split_location(r, conf->location);
+    }
+    ap_add_common_vars(r);
+    ap_add_cgi_vars(r);
+    e = r->subprocess_env;
+    if (conf->location) {
+        /* No file maps to a location: the script is the module. */
+        apr_table_setn(e, "SCRIPT_FILENAME", module_path);
+    }
+    /* ap_add_common_vars copies these from the server's own environment for
+     * the sake of native CGI programs; they mean nothing in the sandbox and
+     * tell a guest about the host. */
+    for (i = 0; wasm_host_vars[i]; i++) {
+        apr_table_unset(e, wasm_host_vars[i]);
+    }
+    arr = apr_table_elts(conf->env);
+    elts = (const apr_table_entry_t *)arr->elts;
+    for (i = 0; i < arr->nelts; i++) {
+        apr_table_setn(e, elts[i].key, elts[i].val);
+    }
+
+    arr = apr_table_elts(e);
+    elts = (const apr_table_entry_t *)arr->elts;
+    names = apr_palloc(r->pool, (arr->nelts + 1) * sizeof(*names));
+    values = apr_palloc(r->pool, (arr->nelts + 1) * sizeof(*values));
+    for (i = 0; i < arr->nelts; i++) {
+        if (elts[i].key && elts[i].val) {
+            names[n] = elts[i].key;
+            values[n] = elts[i].val;
+            n++;
+        }
+    }
+    req->env_names = names;
+    req->env_values = values;
+    req->envc = n;
+}
+
+static void wasm_build_argv(request_rec *r, const wasm_dir_conf *conf,
+                            const char *module_path, wasm_rt_request *req)
+{
+    int extra = conf->args ? conf->args->nelts : 0;
+    const char **argv = apr_palloc(r->pool, (extra + 1) * sizeof(*argv));
+    const char *slash = strrchr(module_path, '/');
+
+    argv[0] = slash ? slash + 1 : module_path;
+    if (extra) {
+        memcpy(argv + 1, conf->args->elts, extra * sizeof(*argv));
+    }
+    req->argv = argv;
+    req->argc = extra + 1;
+}
+
+static apr_status_t wasm_response_cleanup(void *resp)
+{
+    wasm_rt_response_free(resp);
+    return APR_SUCCESS;
+}
+
+/* Feeds Apache's CGI header scanner from the guest's stdout, a line at a
+ * time, like its own brigade reader: CRs dropped, the LF consumed. */
+typedef struct {
+    const char *pos;
+    const char *end;
+} wasm_cursor;
+
+static int wasm_getsfunc(char *buf, int len, void *data)
+{
+    wasm_cursor *c = data;
+    char *dst = buf, *dst_end = buf + len - 1;
+
+    if (c->pos >= c->end) {
+        *buf = '\0';
+        return 0;
+    }
+    while (c->pos < c->end && dst < dst_end) {
+        char ch = *c->pos++;
+        if (ch == '\n') {
+            break;
+        }
+        if (ch != '\r') {
+            *dst++ = ch;
+        }
+    }
+    *dst = '\0';
+    return 1;
+}
+
+/* Each stderr line goes to the error log, tagged with the request. */
+static void wasm_log_stderr(request_rec *r, const wasm_rt_response *resp,
+                            const char *module_path)
+{
+    const char *p = (const char *)resp->err, *end = p + resp->err_len;
+
+    while (p < end) {
+        const char *nl = memchr(p, '\n', end - p);
+        const char *line_end = nl ? nl : end;
+        int len = (int)(line_end - p);
+
+        if (len > 0 && p[len - 1] == '\r') {
+            len--;
+        }
+        if (len > 0) {
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, WASMLOGNO(00020)
+                          "%s: %.*s", module_path, len, p);
+        }
+        p = nl ? nl + 1 : end;
+    }
+    if (resp->stderr_truncated) {
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, WASMLOGNO(00021)
+                      "%s: stderr output truncated", module_path);
+    }
+}
+
+/* Turns the guest's stdout into the response, following mod_cgi. */
+static int wasm_send_response(request_rec *r, const wasm_rt_response *resp,
+                              const char *module_path)
+{
+    wasm_cursor cursor;
+    char sbuf[MAX_STRING_LEN];
+    const char *location;
+    apr_bucket_brigade *bb;
+    int ret;
+
+    cursor.pos = (const char *)resp->out;
+    cursor.end = cursor.pos + resp->out_len;
+    ret = ap_scan_script_header_err_core_ex(r, sbuf, wasm_getsfunc, &cursor,
+                                            APLOG_MODULE_INDEX);
+
+    /* The guest's output is framed by its end, not by a Content-Length it
+     * may get wrong: let the core choose (as mod_cgi does). */
+    if (!apr_table_get(r->subprocess_env, AP_TRUST_CGILIKE_CL_ENVVAR)) {
+        apr_table_unset(r->headers_out, "Content-Length");
+    }
+    apr_table_unset(r->headers_out, "Transfer-Encoding");
+
+    if (ret != OK) {
+        /* ap_meets_conditions may answer 304 for the guest's validators;
+         * that is a success, not an error to run through the error stack. */
+        if (ret == HTTP_NOT_MODIFIED) {
+            r->status = ret;
+            return OK;
+        }
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, WASMLOGNO(00030)
+                      "%s: bad response header from module: %s",
+                      module_path, sbuf);
+        return ret;
+    }
+
+    location = apr_table_get(r->headers_out, "Location");
+    if (location && location[0] == '/' && r->status == HTTP_OK) {
+        /* The redirect is a GET whatever the original method was, and we
+         * already consumed the body, so don't let the redirected request
+         * think it has one. */
+        r->method = "GET";
+        r->method_number = M_GET;
+        apr_table_unset(r->headers_in, "Content-Length");
+        ap_internal_redirect_handler(location, r);
+        return OK;
+    }
+    if (location && r->status == HTTP_OK) {
+        /* As with CGI, a guest that wants its own redirect body must say
+         * "Status: 302" itself. */
+        return HTTP_MOVED_TEMPORARILY;
+    }
+
+    bb = apr_brigade_create(r->pool, r->connection->bucket_alloc);
+    if (cursor.pos < cursor.end) {
+        /* No copy: the bytes stay in the runtime's buffer, which lives until
+         * the request pool is cleaned up; a pool bucket copies them out only
+         * if a filter keeps them longer than that. */
+        APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_pool_create(
+                                        cursor.pos, cursor.end - cursor.pos,
+                                        r->pool, r->connection->bucket_alloc));
+    }
+    APR_BRIGADE_INSERT_TAIL(bb,
+                            apr_bucket_eos_create(r->connection->bucket_alloc));
+    if (ap_pass_brigade(r->output_filters, bb) != APR_SUCCESS) {
+        /* The client went away or a filter failed; nothing left to say. */
+        return AP_FILTER_ERROR;
+    }
+    return OK;
+}
+
+static int wasm_handler(request_rec *r)
+{
+    wasm_dir_conf *conf;
+    const char *module_path;
+    wasm_rt_request req;
+    wasm_rt_response *resp = NULL;
+    int status;
+
+    if (!r->handler || strcmp(r->handler, WASM_HANDLER) != 0) {
+        return DECLINED;
+    }
+    conf = ap_get_module_config(r->per_dir_config, &wasm_module);
+    if (conf->module < 0 || !wasm_modules
+        || conf->module >= wasm_modules->nelts) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, WASMLOGNO(00040)
+                      "SetHandler wasm-handler without a WasmModule for %s",
+                      r->uri);
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    module_path = APR_ARRAY_IDX(wasm_modules, conf->module,
+                                wasm_module_rec).path;
+    if (!wasm_runtime) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, WASMLOGNO(00041)
+                      "%s: the WebAssembly runtime did not start in this "
+                      "child (see earlier errors)", module_path);
+        return HTTP_SERVICE_UNAVAILABLE;
+    }
+    if (r->method_number == M_OPTIONS) {
+        /* As mod_cgi: let the core answer OPTIONS for us. */
+        r->allowed |= (AP_METHOD_BIT << M_GET) | (AP_METHOD_BIT << M_POST);
+        return DECLINED;
+    }
+
+    memset(&req, 0, sizeof(req));
+    status = wasm_read_body(r, &req.body);
+    if (status != OK) {
+        return status;
+    }
+    wasm_build_env(r, conf, module_path, &req);
+    wasm_build_argv(r, conf, module_path, &req);
+    if (conf->dirs) {
+        req.dirs = (const wasm_rt_dir *)conf->dirs->elts;
+        req.ndirs = conf->dirs->nelts;
+    }
+    req.entry_point = conf->entry;
+
+    wasm_rt_run(wasm_runtime, (size_t)conf->module, &req, &resp);
+    if (!resp) {
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    apr_pool_cleanup_register(r->pool, resp, wasm_response_cleanup,
+                              apr_pool_cleanup_null);
+    wasm_log_stderr(r, resp, module_path);
+    if (resp->code != WASM_RT_OK) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, WASMLOGNO(00042)
+                      "%s", resp->message);
+        return resp->http_status;
+    }
+    return wasm_send_response(r, resp, module_path);
+}
+
+static void wasm_register_hooks(apr_pool_t *p)
+{
+    ap_hook_pre_config(wasm_pre_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_check_config(wasm_check_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_post_config(wasm_post_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_child_init(wasm_child_init, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_handler(wasm_handler, NULL, NULL, APR_HOOK_MIDDLE);
+}
+
+AP_DECLARE_MODULE(wasm) = {
+    STANDARD20_MODULE_STUFF,
+    wasm_create_dir_conf,
+    wasm_merge_dir_conf,
+    NULL,
+    NULL,
+    wasm_cmds,
+    wasm_register_hooks,
+    AP_MODULE_FLAG_NONE
+};

@@ -1,0 +1,139 @@
+/*
+ * wasm_runtime.h: the C ABI of libwasm_runtime, the Rust half of mod_wasm.
+ *
+ * This header is the one contract between mod_wasm.c and the runtime.
+ * runtime/src/ffi.rs implements it, and a unit test of the runtime checks
+ * that every declaration below matches the Rust side.
+ *
+ * Conventions:
+ *  - Every function returns a wasm_rt_code; WASM_RT_OK is 0.
+ *  - On failure, functions with a `char **error` parameter store a message
+ *    there (a NUL-terminated string owned by the caller, to be released with
+ *    wasm_rt_string_free). Messages never contain request data.
+ *  - No function lets a panic escape: a caught panic is WASM_RT_E_PANIC.
+ *  - Strings passed in are NUL-terminated and need only live for the call.
+ */
+#ifndef WASM_RUNTIME_H
+#define WASM_RUNTIME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Outcome classes; wasm_rt_response.http_status says what each means for HTTP. */
+typedef enum wasm_rt_code {
+    WASM_RT_OK = 0,
+    WASM_RT_E_INVALID_ARGUMENT = 1,
+    WASM_RT_E_IO = 2,
+    WASM_RT_E_COMPILE = 3,
+    WASM_RT_E_LINK = 4,
+    WASM_RT_E_TRAP = 5,
+    WASM_RT_E_EXIT = 6,
+    WASM_RT_E_TIMEOUT = 7,
+    WASM_RT_E_POOL_EXHAUSTED = 8,
+    WASM_RT_E_OUTPUT_LIMIT = 9,
+    WASM_RT_E_PANIC = 10,
+    WASM_RT_E_INTERNAL = 11
+} wasm_rt_code;
+
+/* The per-process runtime of an Apache child: pooled engine + modules. */
+typedef struct wasm_rt_runtime wasm_rt_runtime;
+
+/* A request body being collected; consumed by wasm_rt_run. */
+typedef struct wasm_rt_body wasm_rt_body;
+
+/* A directory the guest may see. */
+typedef struct wasm_rt_dir {
+    const char *guest_path;
+    const char *host_path;
+    int read_only;
+} wasm_rt_dir;
+
+/* One request. Arrays and strings are borrowed for the duration of the call. */
+typedef struct wasm_rt_request {
+    const char *const *argv;        /* argv[0] included */
+    size_t argc;
+    const char *const *env_names;   /* the guest's whole environment */
+    const char *const *env_values;
+    size_t envc;
+    const wasm_rt_dir *dirs;
+    size_t ndirs;
+    const char *entry_point;        /* NULL: "_start" */
+    wasm_rt_body *body;             /* NULL: empty stdin; consumed either way */
+    uint64_t timeout_ms;            /* 0: the runtime's default */
+    uint64_t max_memory;            /* bytes; 0: the runtime's default */
+    uint64_t max_output;            /* bytes of stdout; 0: the runtime's default */
+} wasm_rt_request;
+
+/* The result of one request, owned by the runtime until wasm_rt_response_free. */
+typedef struct wasm_rt_response {
+    int32_t code;                   /* a wasm_rt_code */
+    int32_t http_status;            /* 200 on success, else the status to answer */
+    int32_t exit_code;              /* the guest's exit status, -1 if it did not exit */
+    int32_t stderr_truncated;       /* 1 when stderr was cut at its limit */
+    const unsigned char *out;       /* the guest's stdout: a CGI response */
+    size_t out_len;
+    const unsigned char *err;       /* the guest's stderr */
+    size_t err_len;
+    const char *message;            /* what went wrong; "" on success; never NULL */
+} wasm_rt_response;
+
+/* The runtime's version, e.g. "0.1.0 (wasmtime 48.0.8)". Static storage. */
+const char *wasm_rt_version(void);
+
+/* Releases a message returned through a `char **error` parameter. */
+void wasm_rt_string_free(char *s);
+
+/*
+ * Compiles `wasm_path` into `cache_dir` unless an up-to-date entry exists,
+ * in a forked child process so that the caller (Apache's parent) keeps no
+ * Wasmtime state, signal handlers or threads. On success `*cwasm_path`
+ * receives the entry's path (free with wasm_rt_string_free), `*cache_hit`
+ * 1 if nothing was compiled, `*millis` the time taken.
+ */
+int32_t wasm_rt_precompile(const char *wasm_path, const char *cache_dir,
+                           char **cwasm_path, int32_t *cache_hit,
+                           uint64_t *millis, char **error);
+
+/*
+ * Creates the runtime of one child process: loads each of the `n` cache
+ * entries `cwasm_paths` (named `names[i]` in log messages) into an engine
+ * whose instance pool has room for `concurrency` simultaneous requests
+ * (plus one), and starts its epoch thread. Module i is index i in wasm_rt_run.
+ */
+int32_t wasm_rt_runtime_new(const char *const *cwasm_paths,
+                            const char *const *names, size_t n,
+                            uint32_t concurrency, wasm_rt_runtime **out,
+                            char **error);
+
+/* Destroys a runtime; no request may be running. */
+void wasm_rt_runtime_free(wasm_rt_runtime *rt);
+
+/* Starts a request body, reserving `size_hint` bytes. */
+wasm_rt_body *wasm_rt_body_new(size_t size_hint);
+
+/* Appends `len` bytes to a body. */
+int32_t wasm_rt_body_append(wasm_rt_body *body, const void *data, size_t len);
+
+/* Releases a body that was not passed to wasm_rt_run. */
+void wasm_rt_body_free(wasm_rt_body *body);
+
+/*
+ * Runs module `module` for one request. Always stores a response in `*out`
+ * (unless `out` is NULL), also on failure, and returns its code.
+ * Safe to call from many threads at once.
+ */
+int32_t wasm_rt_run(const wasm_rt_runtime *rt, size_t module,
+                    const wasm_rt_request *req, wasm_rt_response **out);
+
+/* Releases a response and the output it points to. */
+void wasm_rt_response_free(wasm_rt_response *resp);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* WASM_RUNTIME_H */

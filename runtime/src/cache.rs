@@ -1,0 +1,243 @@
+//! The ahead-of-time cache: each distinct `.wasm` is compiled once into a
+//! `.cwasm` file that every child process maps.
+//!
+//! An entry is named by the SHA-256 of the module's bytes and of the engine's
+//! compatibility hash (Wasmtime version, features, code-generation settings),
+//! so a changed module or a new build of mod_wasm gets a new entry and an
+//! unchanged module is a cache hit across passes, restarts and locations.
+//!
+//! Entries are written to a temporary file and renamed into place: children
+//! `mmap` them, and rewriting a mapped file in place would corrupt running code.
+
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use wasmtime::{Engine, Module};
+
+use crate::engine::compile_engine;
+use crate::error::{chain, Code, Error, Result};
+use crate::host;
+
+/// Suffix of cache entries.
+pub const EXTENSION: &str = "cwasm";
+
+/// What [`precompile`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compiled {
+    /// The cache entry to hand to the children.
+    pub cwasm: PathBuf,
+    /// True when the entry already existed and nothing was compiled.
+    pub hit: bool,
+    /// Time spent, in milliseconds (reading, hashing and compiling).
+    pub millis: u64,
+}
+
+/// Feeds a `Hash` value into SHA-256; `precompile_compatibility_hash` only
+/// offers `impl Hash`.
+struct ShaHasher<'a>(&'a mut Sha256);
+
+impl Hasher for ShaHasher<'_> {
+    fn finish(&self) -> u64 {
+        unreachable!("only used to feed bytes into SHA-256")
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+/// The cache file name for `wasm` compiled by `engine`.
+fn entry_name(engine: &Engine, wasm_path: &Path, wasm: &[u8]) -> String {
+    let mut sha = Sha256::new();
+    sha.update((wasm.len() as u64).to_le_bytes());
+    sha.update(wasm);
+    engine
+        .precompile_compatibility_hash()
+        .hash(&mut ShaHasher(&mut sha));
+    let digest = sha.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    // The module's own name first, so an operator can tell entries apart.
+    let stem: String = wasm_path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(48)
+        .collect();
+    format!("{stem}-{hex}.{EXTENSION}")
+}
+
+/// Compiles `wasm_path` into `cache_dir` unless an up-to-date entry exists.
+///
+/// The module is validated and its imports are checked against what
+/// mod_wasm provides, so a module that could never run fails here, at
+/// configuration time.
+///
+/// This creates a Wasmtime engine, which installs signal handlers and may
+/// start compilation threads: in Apache call it through
+/// [`crate::isolate::precompile_isolated`], never in the parent itself.
+///
+/// # Errors
+/// [`Code::Io`] if the module cannot be read or the cache cannot be written,
+/// [`Code::Compile`] for invalid WebAssembly, [`Code::Link`] for imports
+/// mod_wasm does not provide.
+pub fn precompile(wasm_path: &Path, cache_dir: &Path) -> Result<Compiled> {
+    let started = Instant::now();
+    let wasm = fs::read(wasm_path).map_err(|e| {
+        Error::new(
+            Code::Io,
+            format!("cannot read {}: {e}", wasm_path.display()),
+        )
+    })?;
+    let engine = compile_engine()?;
+    let cwasm = cache_dir.join(entry_name(&engine, wasm_path, &wasm));
+    if cwasm.is_file() {
+        return Ok(Compiled {
+            cwasm,
+            hit: true,
+            millis: started.elapsed().as_millis() as u64,
+        });
+    }
+    let module = Module::new(&engine, &wasm).map_err(|e| {
+        Error::new(
+            Code::Compile,
+            format!(
+                "{} is not a valid WebAssembly module: {}",
+                wasm_path.display(),
+                chain(&e)
+            ),
+        )
+    })?;
+    let linker = host::linker(&engine)?;
+    host::check_imports(&engine, &linker, &module)?;
+    let bytes = module
+        .serialize()
+        .map_err(|e| Error::new(Code::Internal, chain(&e)))?;
+    write_atomically(cache_dir, &cwasm, &bytes)?;
+    Ok(Compiled {
+        cwasm,
+        hit: false,
+        millis: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// Writes `bytes` to `dest` through a temporary file and a rename, so that a
+/// reader sees either no file or the whole file.
+fn write_atomically(cache_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |what: &str, path: &Path, e: std::io::Error| {
+        Error::new(Code::Io, format!("cannot {what} {}: {e}", path.display()))
+    };
+    fs::create_dir_all(cache_dir).map_err(|e| io("create cache directory", cache_dir, e))?;
+    let tmp = dest.with_extension(format!("tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)
+            .map_err(|e| io("create", &tmp, e))?;
+        f.write_all(bytes).map_err(|e| io("write", &tmp, e))?;
+        f.sync_all().map_err(|e| io("sync", &tmp, e))?;
+        // The umask may have narrowed the mode; children run as another user.
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))
+            .map_err(|e| io("set permissions of", &tmp, e))?;
+        fs::rename(&tmp, dest).map_err(|e| io("rename into place", dest, e))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HELLO: &str = r#"(module
+        (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (func (export "_start")))"#;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("wasm-rt-cache-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn wat(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        fs::write(&p, wat::parse_str(text).unwrap()).unwrap();
+        p
+    }
+
+    #[test]
+    fn second_compile_is_a_hit_and_a_change_is_a_miss() {
+        let d = tmpdir("hit");
+        let m = wat(&d, "hello.wasm", HELLO);
+        let first = precompile(&m, &d.join("cache")).unwrap();
+        assert!(!first.hit);
+        assert!(first.cwasm.is_file());
+        let second = precompile(&m, &d.join("cache")).unwrap();
+        assert!(second.hit);
+        assert_eq!(first.cwasm, second.cwasm);
+        let changed = wat(&d, "hello.wasm", &HELLO.replace("1)", "2)"));
+        let third = precompile(&changed, &d.join("cache")).unwrap();
+        assert!(!third.hit);
+        assert_ne!(third.cwasm, first.cwasm);
+        let names: Vec<_> = fs::read_dir(d.join("cache")).unwrap().collect();
+        assert_eq!(names.len(), 2, "no temporary files are left behind");
+    }
+
+    #[test]
+    fn invalid_module_is_a_compile_error() {
+        let d = tmpdir("invalid");
+        let p = d.join("bad.wasm");
+        fs::write(&p, b"\0asm\x01\0\0\0garbage").unwrap();
+        let e = precompile(&p, &d.join("cache")).unwrap_err();
+        assert_eq!(e.code, Code::Compile);
+        assert!(e.message.contains("bad.wasm"), "{}", e.message);
+    }
+
+    #[test]
+    fn missing_file_is_an_io_error() {
+        let d = tmpdir("missing");
+        let e = precompile(&d.join("nope.wasm"), &d.join("cache")).unwrap_err();
+        assert_eq!(e.code, Code::Io);
+        assert!(e.message.contains("nope.wasm"));
+    }
+
+    #[test]
+    fn unknown_imports_are_all_listed() {
+        let d = tmpdir("imports");
+        let m = wat(
+            &d,
+            "imp.wasm",
+            r#"(module
+                (import "env" "a" (func))
+                (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+                (import "env" "b" (func))
+                (func (export "_start")))"#,
+        );
+        let e = precompile(&m, &d.join("cache")).unwrap_err();
+        assert_eq!(e.code, Code::Link);
+        assert!(
+            e.message.contains("env::a") && e.message.contains("env::b"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("fd_write"), "{}", e.message);
+    }
+}

@@ -1,0 +1,469 @@
+//! The C ABI declared in `include/wasm_runtime.h`.
+//!
+//! Every entry point catches panics and reports failures as a
+//! [`Code`](crate::Code) plus a message; nothing unwinds into Apache. All
+//! error reporting crosses the boundary here and nowhere else.
+
+#![allow(non_camel_case_types, reason = "names mirror the C header")]
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::os::unix::ffi::OsStrExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::ptr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::error::{Code, Error, Result};
+use crate::isolate::precompile_isolated;
+use crate::request::{Limits, Preopen, Request};
+use crate::runtime::{ModuleSpec, Runtime};
+
+/// Opaque runtime handle handed to C.
+pub type wasm_rt_runtime = Runtime;
+
+/// Opaque request body handed to C.
+pub struct wasm_rt_body(BytesMut);
+
+/// See `wasm_rt_dir` in the header.
+#[repr(C)]
+pub struct wasm_rt_dir {
+    /// Where the guest sees the directory.
+    pub guest_path: *const c_char,
+    /// The directory on the host.
+    pub host_path: *const c_char,
+    /// Non-zero for read-only access.
+    pub read_only: i32,
+}
+
+/// See `wasm_rt_request` in the header.
+#[repr(C)]
+pub struct wasm_rt_request {
+    /// `argv`, `argv[0]` included.
+    pub argv: *const *const c_char,
+    /// Number of `argv` entries.
+    pub argc: usize,
+    /// Environment names.
+    pub env_names: *const *const c_char,
+    /// Environment values.
+    pub env_values: *const *const c_char,
+    /// Number of environment entries.
+    pub envc: usize,
+    /// Preopened directories.
+    pub dirs: *const wasm_rt_dir,
+    /// Number of directories.
+    pub ndirs: usize,
+    /// Export to call, or NULL for `_start`.
+    pub entry_point: *const c_char,
+    /// Request body, consumed; NULL for none.
+    pub body: *mut wasm_rt_body,
+    /// Time limit in milliseconds, 0 for the default.
+    pub timeout_ms: u64,
+    /// Memory limit in bytes, 0 for the default.
+    pub max_memory: u64,
+    /// Output limit in bytes, 0 for the default.
+    pub max_output: u64,
+}
+
+/// See `wasm_rt_response` in the header.
+#[repr(C)]
+pub struct wasm_rt_response {
+    /// A `wasm_rt_code`.
+    pub code: i32,
+    /// The HTTP status this outcome calls for.
+    pub http_status: i32,
+    /// The guest's exit status, -1 if it did not exit.
+    pub exit_code: i32,
+    /// 1 when stderr was cut.
+    pub stderr_truncated: i32,
+    /// stdout bytes.
+    pub out: *const u8,
+    /// stdout length.
+    pub out_len: usize,
+    /// stderr bytes.
+    pub err: *const u8,
+    /// stderr length.
+    pub err_len: usize,
+    /// NUL-terminated message, never NULL.
+    pub message: *const c_char,
+}
+
+/// A response and the buffers it points into; `c` must stay first so a
+/// pointer to it is a pointer to the whole.
+#[repr(C)]
+struct ResponseBox {
+    c: wasm_rt_response,
+    _stdout: Bytes,
+    _stderr: Bytes,
+    _message: CString,
+}
+
+/// Runs `f`, turning a panic into [`Code::Panic`].
+fn guard(what: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let detail = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Error::new(
+            Code::Panic,
+            format!("{what} panicked: {detail}"),
+        ))
+    })
+}
+
+/// A C string for a message; interior NULs (which C could not print) become spaces.
+fn c_message(s: &str) -> CString {
+    CString::new(s.replace('\0', " ")).unwrap_or_default()
+}
+
+/// Stores `r`'s message in `*error` and returns its code.
+///
+/// # Safety
+/// `error` is NULL or valid for a write.
+unsafe fn report(r: Result<()>, error: *mut *mut c_char) -> i32 {
+    match r {
+        Ok(()) => Code::Ok as i32,
+        Err(e) => {
+            if !error.is_null() {
+                unsafe { *error = c_message(&e.message).into_raw() };
+            }
+            e.code as i32
+        }
+    }
+}
+
+/// Borrows a C string argument.
+///
+/// # Safety
+/// `p` is NULL or a valid NUL-terminated string.
+unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a CStr> {
+    if p.is_null() {
+        return Err(Error::new(Code::InvalidArgument, format!("{what} is NULL")));
+    }
+    Ok(unsafe { CStr::from_ptr(p) })
+}
+
+/// A path argument: any bytes, as Unix paths are.
+unsafe fn c_path(p: *const c_char, what: &str) -> Result<PathBuf> {
+    Ok(Path::new(std::ffi::OsStr::from_bytes(
+        unsafe { c_str(p, what) }?.to_bytes(),
+    ))
+    .to_owned())
+}
+
+/// A text argument. WASI strings are UTF-8; header values may not be, so
+/// invalid sequences become U+FFFD rather than failing the request.
+unsafe fn c_text(p: *const c_char, what: &str) -> Result<String> {
+    Ok(unsafe { c_str(p, what) }?.to_string_lossy().into_owned())
+}
+
+/// Borrows a C array of `n` elements; NULL is fine when `n` is 0.
+unsafe fn c_array<'a, T>(p: *const T, n: usize, what: &str) -> Result<&'a [T]> {
+    if n == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(Error::new(Code::InvalidArgument, format!("{what} is NULL")));
+    }
+    Ok(unsafe { std::slice::from_raw_parts(p, n) })
+}
+
+/// The runtime's version. Static storage.
+#[no_mangle]
+pub extern "C" fn wasm_rt_version() -> *const c_char {
+    static VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (wasmtime 48.0.8)\0");
+    VERSION.as_ptr().cast()
+}
+
+/// Releases a string the runtime returned.
+///
+/// # Safety
+/// `s` is NULL or was returned by this library and not yet released.
+#[no_mangle]
+pub unsafe extern "C" fn wasm_rt_string_free(s: *mut c_char) {
+    if !s.is_null() {
+        drop(unsafe { CString::from_raw(s) });
+    }
+}
+
+/// Compiles a module into the cache, in a forked child process.
+///
+/// # Safety
+/// Pointers are NULL or valid as the header describes.
+#[no_mangle]
+pub unsafe extern "C" fn wasm_rt_precompile(
+    wasm_path: *const c_char,
+    cache_dir: *const c_char,
+    cwasm_path: *mut *mut c_char,
+    cache_hit: *mut i32,
+    millis: *mut u64,
+    error: *mut *mut c_char,
+) -> i32 {
+    let r = guard("wasm_rt_precompile", || {
+        let wasm = unsafe { c_path(wasm_path, "wasm_path") }?;
+        let cache = unsafe { c_path(cache_dir, "cache_dir") }?;
+        if cwasm_path.is_null() {
+            return Err(Error::new(Code::InvalidArgument, "cwasm_path is NULL"));
+        }
+        let compiled = precompile_isolated(&wasm, &cache)?;
+        unsafe {
+            *cwasm_path = CString::new(compiled.cwasm.as_os_str().as_bytes())
+                .map_err(|_| Error::new(Code::Internal, "cache path contains NUL"))?
+                .into_raw();
+            if !cache_hit.is_null() {
+                *cache_hit = i32::from(compiled.hit);
+            }
+            if !millis.is_null() {
+                *millis = compiled.millis;
+            }
+        }
+        Ok(())
+    });
+    unsafe { report(r, error) }
+}
+
+/// Creates the runtime of a child process.
+///
+/// # Safety
+/// Pointers are NULL or valid as the header describes.
+#[no_mangle]
+pub unsafe extern "C" fn wasm_rt_runtime_new(
+    cwasm_paths: *const *const c_char,
+    names: *const *const c_char,
+    n: usize,
+    concurrency: u32,
+    out: *mut *mut wasm_rt_runtime,
+    error: *mut *mut c_char,
+) -> i32 {
+    let r = guard("wasm_rt_runtime_new", || {
+        if out.is_null() {
+            return Err(Error::new(Code::InvalidArgument, "out is NULL"));
+        }
+        let paths = unsafe { c_array(cwasm_paths, n, "cwasm_paths") }?;
+        let names = unsafe { c_array(names, n, "names") }?;
+        let specs = paths
+            .iter()
+            .zip(names)
+            .map(|(&p, &name)| {
+                Ok(ModuleSpec {
+                    cwasm: unsafe { c_path(p, "cwasm path") }?,
+                    name: unsafe { c_text(name, "module name") }?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let rt = Runtime::new(&specs, concurrency)?;
+        unsafe { *out = Box::into_raw(Box::new(rt)) };
+        Ok(())
+    });
+    unsafe { report(r, error) }
+}
+
+/// Destroys a runtime.
+///
+/// # Safety
+/// `rt` is NULL or came from `wasm_rt_runtime_new`, and no request runs.
+#[no_mangle]
+pub unsafe extern "C" fn wasm_rt_runtime_free(rt: *mut wasm_rt_runtime) {
+    if !rt.is_null() {
+        let _ = guard("wasm_rt_runtime_free", || {
+            drop(unsafe { Box::from_raw(rt) });
+            Ok(())
+        });
+    }
+}
+
+/// Starts a request body.
+#[no_mangle]
+pub extern "C" fn wasm_rt_body_new(size_hint: usize) -> *mut wasm_rt_body {
+    // Cap the reservation: the hint comes from a client's Content-Length.
+    let reserve = size_hint.min(16 << 20);
+    catch_unwind(|| Box::into_raw(Box::new(wasm_rt_body(BytesMut::with_capacity(reserve)))))
+        .unwrap_or(ptr::null_mut())
+}
+
+/// Appends to a request body.
+///
+/// # Safety
+/// `body` came from `wasm_rt_body_new`; `data` is valid for `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn wasm_rt_body_append(
+    body: *mut wasm_rt_body,
+    data: *const c_void,
+    len: usize,
+) -> i32 {
+    let r = guard("wasm_rt_body_append", || {
+        if body.is_null() {
+            return Err(Error::new(Code::InvalidArgument, "body is NULL"));
+        }
+        let bytes = unsafe { c_array(data.cast::<u8>(), len, "data") }?;
+        unsafe { (*body).0.extend_from_slice(bytes) };
+        Ok(())
+    });
+    unsafe { report(r, ptr::null_mut()) }
+}
+
+/// Releases a body that was not run.
+///
+/// # Safety
+/// `body` is NULL or came from `wasm_rt_body_new` and was not consumed.
+#[no_mangle]
+pub unsafe extern "C" fn wasm_rt_body_free(body: *mut wasm_rt_body) {
+    if !body.is_null() {
+        drop(unsafe { Box::from_raw(body) });
+    }
+}
+
+/// Converts the C request into the runtime's, taking the body.
+unsafe fn request_from_c(req: &wasm_rt_request) -> Result<Request> {
+    let body = if req.body.is_null() {
+        Bytes::new()
+    } else {
+        unsafe { Box::from_raw(req.body) }.0.freeze()
+    };
+    let args = unsafe { c_array(req.argv, req.argc, "argv") }?
+        .iter()
+        .map(|&a| unsafe { c_text(a, "argument") })
+        .collect::<Result<Vec<_>>>()?;
+    let names = unsafe { c_array(req.env_names, req.envc, "env_names") }?;
+    let values = unsafe { c_array(req.env_values, req.envc, "env_values") }?;
+    let env = names
+        .iter()
+        .zip(values)
+        .map(|(&n, &v)| {
+            Ok((unsafe { c_text(n, "env name") }?, unsafe {
+                c_text(v, "env value")
+            }?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let dirs = unsafe { c_array(req.dirs, req.ndirs, "dirs") }?
+        .iter()
+        .map(|d| {
+            Ok(Preopen {
+                guest: unsafe { c_text(d.guest_path, "guest path") }?,
+                host: unsafe { c_path(d.host_path, "host path") }?,
+                read_only: d.read_only != 0,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let entry = if req.entry_point.is_null() {
+        None
+    } else {
+        Some(unsafe { c_text(req.entry_point, "entry point") }?)
+    };
+    let defaults = Limits::default();
+    let or = |v: u64, d: usize| {
+        if v == 0 {
+            d
+        } else {
+            usize::try_from(v).unwrap_or(usize::MAX)
+        }
+    };
+    let limits = Limits {
+        timeout: if req.timeout_ms == 0 {
+            defaults.timeout
+        } else {
+            Duration::from_millis(req.timeout_ms)
+        },
+        max_memory: or(req.max_memory, defaults.max_memory),
+        max_output: or(req.max_output, defaults.max_output),
+    };
+    Ok(Request {
+        args,
+        env,
+        dirs,
+        entry,
+        body,
+        limits,
+    })
+}
+
+fn response(
+    result: Result<()>,
+    exit_code: i32,
+    stdout: Bytes,
+    stderr: Bytes,
+    stderr_truncated: bool,
+) -> Box<ResponseBox> {
+    let (code, message) = match result {
+        Ok(()) => (Code::Ok, CString::default()),
+        Err(e) => (e.code, c_message(&e.message)),
+    };
+    Box::new(ResponseBox {
+        c: wasm_rt_response {
+            code: code as i32,
+            http_status: code.http_status(),
+            exit_code,
+            stderr_truncated: i32::from(stderr_truncated),
+            out: stdout.as_ptr(),
+            out_len: stdout.len(),
+            err: stderr.as_ptr(),
+            err_len: stderr.len(),
+            message: message.as_ptr(),
+        },
+        _stdout: stdout,
+        _stderr: stderr,
+        _message: message,
+    })
+}
+
+/// Runs one request.
+///
+/// # Safety
+/// `rt` came from `wasm_rt_runtime_new`; `req` is valid as the header
+/// describes; `out` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn wasm_rt_run(
+    rt: *const wasm_rt_runtime,
+    module: usize,
+    req: *const wasm_rt_request,
+    out: *mut *mut wasm_rt_response,
+) -> i32 {
+    let boxed = catch_unwind(AssertUnwindSafe(|| {
+        if rt.is_null() || req.is_null() {
+            if !req.is_null() {
+                unsafe { wasm_rt_body_free((*req).body) };
+            }
+            let e = Error::new(Code::InvalidArgument, "runtime or request is NULL");
+            return response(Err(e), -1, Bytes::new(), Bytes::new(), false);
+        }
+        match unsafe { request_from_c(&*req) } {
+            Err(e) => response(Err(e), -1, Bytes::new(), Bytes::new(), false),
+            Ok(request) => {
+                let o = unsafe { &*rt }.run(module, request);
+                response(
+                    o.result,
+                    o.exit_code,
+                    o.stdout,
+                    o.stderr,
+                    o.stderr_truncated,
+                )
+            }
+        }
+    }))
+    .unwrap_or_else(|_| {
+        let e = Error::new(Code::Panic, "wasm_rt_run panicked");
+        response(Err(e), -1, Bytes::new(), Bytes::new(), false)
+    });
+    let code = boxed.c.code;
+    if out.is_null() {
+        drop(boxed);
+    } else {
+        unsafe { *out = Box::into_raw(boxed).cast::<wasm_rt_response>() };
+    }
+    code
+}
+
+/// Releases a response.
+///
+/// # Safety
+/// `resp` is NULL or came from `wasm_rt_run` and was not yet released.
+#[no_mangle]
+pub unsafe extern "C" fn wasm_rt_response_free(resp: *mut wasm_rt_response) {
+    if !resp.is_null() {
+        // SAFETY: `c` is the first field of the repr(C) ResponseBox.
+        drop(unsafe { Box::from_raw(resp.cast::<ResponseBox>()) });
+    }
+}

@@ -1,0 +1,62 @@
+//! What a guest may import: WASI preview 1, nothing else.
+
+use wasmtime::{Engine, Linker, Module, Store, StoreLimits};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::WasiCtxBuilder;
+
+use crate::error::{chain, Code, Error, Result};
+
+/// Per-request state stored in each `Store`.
+pub struct Host {
+    /// The guest's WASI context: arguments, environment, pipes, preopens.
+    pub wasi: WasiP1Ctx,
+    /// Memory and instance limits of this request.
+    pub limits: StoreLimits,
+}
+
+/// A linker that provides WASI preview 1 to guests.
+pub fn linker(engine: &Engine) -> Result<Linker<Host>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h: &mut Host| &mut h.wasi)
+        .map_err(|e| Error::new(Code::Internal, chain(&e)))?;
+    Ok(linker)
+}
+
+/// Imports of `module` that `linker` does not define, as `module::name`.
+fn missing_imports(engine: &Engine, linker: &Linker<Host>, module: &Module) -> Vec<String> {
+    // `Linker::get` needs a store, and `instantiate_pre` reports only the
+    // first missing import: an operator wants the whole list at once.
+    let mut store = Store::new(
+        engine,
+        Host {
+            wasi: WasiCtxBuilder::new().build_p1(),
+            limits: StoreLimits::default(),
+        },
+    );
+    module
+        .imports()
+        .filter(|imp| linker.get(&mut store, imp.module(), imp.name()).is_err())
+        .map(|imp| format!("{}::{}", imp.module(), imp.name()))
+        .collect()
+}
+
+/// Checks that `linker` satisfies every import of `module`, with the right types.
+///
+/// # Errors
+/// [`Code::Link`] listing every missing import, or naming a type mismatch.
+pub fn check_imports(engine: &Engine, linker: &Linker<Host>, module: &Module) -> Result<()> {
+    let missing = missing_imports(engine, linker, module);
+    if !missing.is_empty() {
+        return Err(Error::new(
+            Code::Link,
+            format!(
+                "the module imports what mod_wasm does not provide: {}",
+                missing.join(", ")
+            ),
+        ));
+    }
+    linker
+        .instantiate_pre(module)
+        .map(drop)
+        .map_err(|e| Error::new(Code::Link, chain(&e)))
+}

@@ -1,0 +1,28 @@
+//! The Rust half of mod_wasm.
+//!
+//! Apache's C module (`mod_wasm_c/`) hands configuration and requests to this
+//! library through the C ABI in `include/wasm_runtime.h` (see [`ffi`]).
+//! At configuration time modules are compiled once into a cache ([`cache`],
+//! in a throw-away process: [`isolate`]); every child process then loads them
+//! into a pooled engine ([`runtime`]) and runs each request in a fresh store
+//! ([`request`]).
+
+#![deny(missing_docs)]
+
+pub mod cache;
+pub mod engine;
+pub mod error;
+pub mod ffi;
+pub mod host;
+pub mod isolate;
+pub mod pipe;
+pub mod request;
+pub mod runtime;
+
+pub use error::{Code, Error, Result};
+pub use request::{Limits, Outcome, Preopen, Request};
+pub use runtime::{ModuleSpec, Runtime};
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

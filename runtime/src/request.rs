@@ -1,0 +1,278 @@
+//! One request: a fresh store from the pool, a WASI context built from the
+//! CGI environment, the guest run to completion or to a limit, and its
+//! output collected.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use wasmtime::{PoolConcurrencyLimitError, Store, StoreLimitsBuilder, Trap, WasmBacktrace};
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+use crate::engine::deadline_ticks;
+use crate::error::{chain, Code, Error, Result};
+use crate::host::Host;
+use crate::pipe::{CappedPipe, Overflow};
+use crate::runtime::Runtime;
+
+/// Default of `WasmTimeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of `WasmMaxMemory`.
+pub const DEFAULT_MAX_MEMORY: usize = 256 << 20;
+/// Default of `WasmMaxOutput`.
+pub const DEFAULT_MAX_OUTPUT: usize = 64 << 20;
+/// Most stderr kept per request; the rest is dropped (and said so in the log).
+pub const MAX_STDERR: usize = 64 << 10;
+
+/// A host directory the guest may see.
+#[derive(Debug, Clone)]
+pub struct Preopen {
+    /// Where the guest sees it.
+    pub guest: String,
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// Whether the guest may only read.
+    pub read_only: bool,
+}
+
+/// Limits of one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Wall-clock time the guest may run.
+    pub timeout: Duration,
+    /// Most linear memory the instance may have, bytes.
+    pub max_memory: usize,
+    /// Most stdout the guest may write, bytes.
+    pub max_output: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: DEFAULT_TIMEOUT,
+            max_memory: DEFAULT_MAX_MEMORY,
+            max_output: DEFAULT_MAX_OUTPUT,
+        }
+    }
+}
+
+/// Everything a guest gets for one request.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// `argv`, including `argv[0]`.
+    pub args: Vec<String>,
+    /// The environment: exactly these variables, nothing from the host.
+    pub env: Vec<(String, String)>,
+    /// Preopened directories.
+    pub dirs: Vec<Preopen>,
+    /// Export to call; `_start` when `None`.
+    pub entry: Option<String>,
+    /// The request body, the guest's stdin.
+    pub body: Bytes,
+    /// Limits of this request.
+    pub limits: Limits,
+}
+
+/// What a run produced. Output is kept even when the run failed, so that
+/// stderr can still be logged.
+#[derive(Debug)]
+pub struct Outcome {
+    /// `Ok` when the guest finished normally (returned or `proc_exit(0)`).
+    pub result: Result<()>,
+    /// The guest's exit status (0 when it returned normally).
+    pub exit_code: i32,
+    /// Everything the guest wrote to stdout.
+    pub stdout: Bytes,
+    /// What the guest wrote to stderr, up to [`MAX_STDERR`].
+    pub stderr: Bytes,
+    /// True when stderr was cut at [`MAX_STDERR`].
+    pub stderr_truncated: bool,
+}
+
+impl Runtime {
+    /// Runs module `index` for one request.
+    pub fn run(&self, index: usize, req: Request) -> Outcome {
+        let Some(module) = self.modules.get(index) else {
+            return Outcome::failed(Error::new(
+                Code::InvalidArgument,
+                format!("no module with index {index}"),
+            ));
+        };
+        let stdout = CappedPipe::new(req.limits.max_output, Overflow::Trap);
+        let stderr = CappedPipe::new(MAX_STDERR, Overflow::Truncate);
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.args(&req.args)
+            .envs(&req.env)
+            .stdin(MemoryInputPipe::new(req.body))
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            // No async runtime round trip for file operations.
+            .allow_blocking_current_thread(true);
+        for d in &req.dirs {
+            let perms = if d.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            if let Err(e) = wasi.preopened_dir(&d.host, &d.guest, perms) {
+                return Outcome::failed(Error::new(
+                    Code::Io,
+                    format!("cannot open directory {}: {}", d.host.display(), chain(&e)),
+                ));
+            }
+        }
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(req.limits.max_memory)
+            .instances(1)
+            // A failed memory.grow returns -1 to the guest, which can cope.
+            .trap_on_grow_failure(false)
+            .build();
+        // A Store is the unit of per-request isolation: it owns the instance
+        // and its pooled memory, and dies with the request.
+        let mut store = Store::new(
+            &self.engine,
+            Host {
+                wasi: wasi.build_p1(),
+                limits,
+            },
+        );
+        store.limiter(|h| &mut h.limits);
+        store.set_epoch_deadline(deadline_ticks(req.limits.timeout));
+        store.epoch_deadline_trap();
+
+        let entry = req.entry.as_deref().unwrap_or("_start");
+        let (result, exit_code) = match module.pre.instantiate(&mut store) {
+            Err(e) => (Err(self.instantiate_error(&module.name, e)), -1),
+            Ok(instance) => match instance.get_typed_func::<(), ()>(&mut store, entry) {
+                Err(e) => (
+                    Err(Error::new(
+                        Code::Link,
+                        format!("{}: entry point `{entry}`: {}", module.name, chain(&e)),
+                    )),
+                    -1,
+                ),
+                Ok(func) => match func.call(&mut store, ()) {
+                    Ok(()) => (Ok(()), 0),
+                    Err(e) => classify(&module.name, e, req.limits.timeout),
+                },
+            },
+        };
+        drop(store);
+
+        let (stdout, stdout_over) = stdout.take();
+        let (stderr, stderr_truncated) = stderr.take();
+        let mut result = result;
+        // The trap comes from inside a WASI call, so it surfaces as a plain
+        // error; whatever the guest did after, its response is cut.
+        let timed_out = matches!(&result, Err(e) if e.code == Code::Timeout);
+        if stdout_over && !timed_out {
+            result = Err(Error::new(
+                Code::OutputLimit,
+                format!(
+                    "{}: the guest wrote more than {} bytes to stdout (WasmMaxOutput)",
+                    module.name, req.limits.max_output
+                ),
+            ));
+        }
+        Outcome {
+            result,
+            exit_code,
+            stdout,
+            stderr,
+            stderr_truncated,
+        }
+    }
+
+    fn instantiate_error(&self, name: &str, e: wasmtime::Error) -> Error {
+        if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+            return Error::new(
+                Code::PoolExhausted,
+                format!(
+                    "{name}: all {} instance slots of this child are busy; raise WasmPoolSlots \
+                     or lower the MPM's ThreadsPerChild",
+                    self.slots
+                ),
+            );
+        }
+        // A trap in a start function, or a memory that cannot be created.
+        match e.downcast_ref::<Trap>() {
+            Some(_) => classify(name, e, Duration::ZERO).0.unwrap_err(),
+            None => Error::new(
+                Code::Internal,
+                format!("{name}: instantiation failed: {}", chain(&e)),
+            ),
+        }
+    }
+}
+
+/// Sorts a failed run into the classes the server reports.
+fn classify(name: &str, e: wasmtime::Error, timeout: Duration) -> (Result<()>, i32) {
+    if let Some(exit) = e.downcast_ref::<I32Exit>() {
+        return if exit.0 == 0 {
+            (Ok(()), 0)
+        } else {
+            (
+                Err(Error::new(
+                    Code::Exit,
+                    format!("{name}: the guest exited with status {}", exit.0),
+                )),
+                exit.0,
+            )
+        };
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => (
+            Err(Error::new(
+                Code::Timeout,
+                format!(
+                    "{name}: the guest ran longer than {timeout:?} (WasmTimeout) and was stopped"
+                ),
+            )),
+            -1,
+        ),
+        Some(trap) => (
+            Err(Error::new(
+                Code::Trap,
+                format!("{name}: the guest trapped: {}", describe_trap(&e, trap)),
+            )),
+            -1,
+        ),
+        None => (
+            Err(Error::new(
+                Code::Trap,
+                format!("{name}: the guest failed: {}", chain(&e)),
+            )),
+            -1,
+        ),
+    }
+}
+
+/// The trap's reason and the innermost frames, on one line.
+fn describe_trap(e: &wasmtime::Error, trap: &Trap) -> String {
+    let mut text = trap.to_string();
+    if let Some(bt) = e.downcast_ref::<WasmBacktrace>() {
+        let frames: Vec<&str> = bt
+            .frames()
+            .iter()
+            .take(6)
+            .map(|f| f.func_name().unwrap_or("?"))
+            .collect();
+        if !frames.is_empty() {
+            text += &format!(" (in {})", frames.join(" < "));
+        }
+    }
+    text
+}
+
+impl Outcome {
+    fn failed(e: Error) -> Outcome {
+        Outcome {
+            result: Err(e),
+            exit_code: -1,
+            stdout: Bytes::new(),
+            stderr: Bytes::new(),
+            stderr_truncated: false,
+        }
+    }
+}

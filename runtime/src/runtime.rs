@@ -1,0 +1,112 @@
+//! The per-child runtime: one pooled engine, its epoch ticker, and one
+//! `InstancePre` per configured module, shared read-only by every worker
+//! thread.
+
+use std::path::PathBuf;
+
+use wasmtime::{Engine, InstancePre, Module};
+
+use crate::engine::{pooled_engine, PoolSize, Ticker};
+use crate::error::{chain, Code, Error, Result};
+use crate::host::{self, Host};
+
+/// A module to load into a child: its cache entry and a name for log lines.
+#[derive(Debug, Clone)]
+pub struct ModuleSpec {
+    /// The `.cwasm` produced by [`crate::cache::precompile`].
+    pub cwasm: PathBuf,
+    /// How logs refer to the module (normally the `.wasm` path).
+    pub name: String,
+}
+
+/// A module ready to instantiate.
+pub struct Loaded {
+    /// How logs refer to the module.
+    pub name: String,
+    /// Imports resolved once; instantiating from it is a table copy.
+    pub pre: InstancePre<Host>,
+}
+
+/// Everything a child process needs to run requests.
+pub struct Runtime {
+    pub(crate) engine: Engine,
+    pub(crate) modules: Vec<Loaded>,
+    /// Slots in the pool, for the message when it runs out.
+    pub(crate) slots: u32,
+    _ticker: Ticker,
+}
+
+impl Runtime {
+    /// Loads `specs` into a pooled engine sized for `concurrency` requests
+    /// at once (the MPM's threads per child).
+    ///
+    /// # Errors
+    /// [`Code::Io`] / [`Code::Compile`] when a cache entry cannot be loaded,
+    /// [`Code::Link`] when a module's imports cannot be satisfied,
+    /// [`Code::Internal`] when the pool cannot be reserved.
+    pub fn new(specs: &[ModuleSpec], concurrency: u32) -> Result<Runtime> {
+        // Pool limits come from the modules themselves; loading them needs an
+        // engine, so read them with a small probe engine first.
+        let probe = pooled_engine(&PoolSize::with_slots(1))?;
+        let mut pool = PoolSize::with_slots(concurrency.saturating_add(1));
+        for spec in specs {
+            let module = load(&probe, spec)?;
+            let need = module.resources_required();
+            pool.max_memories_per_module = pool.max_memories_per_module.max(need.num_memories);
+            pool.max_tables_per_module = pool.max_tables_per_module.max(need.num_tables);
+            if let Some(t) = need.max_initial_table_size {
+                pool.table_elements = pool.table_elements.max(t as usize);
+            }
+        }
+        drop(probe);
+        let engine = pooled_engine(&pool)?;
+        let linker = host::linker(&engine)?;
+        let modules = specs
+            .iter()
+            .map(|spec| {
+                let module = load(&engine, spec)?;
+                let pre = linker
+                    .instantiate_pre(&module)
+                    .map_err(|e| Error::new(Code::Link, format!("{}: {}", spec.name, chain(&e))))?;
+                Ok(Loaded {
+                    name: spec.name.clone(),
+                    pre,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let ticker = Ticker::start(&engine)?;
+        Ok(Runtime {
+            engine,
+            modules,
+            slots: pool.slots,
+            _ticker: ticker,
+        })
+    }
+
+    /// Number of loaded modules; valid indices are `0..len()`.
+    pub fn len(&self) -> usize {
+        self.modules.len()
+    }
+
+    /// True when no module is loaded.
+    pub fn is_empty(&self) -> bool {
+        self.modules.is_empty()
+    }
+}
+
+fn load(engine: &Engine, spec: &ModuleSpec) -> Result<Module> {
+    // SAFETY: cache entries are written by `cache::precompile` into a
+    // directory only the server's parent writes, and are never rewritten in
+    // place; Wasmtime still checks the header against this engine.
+    unsafe { Module::deserialize_file(engine, &spec.cwasm) }.map_err(|e| {
+        Error::new(
+            Code::Compile,
+            format!(
+                "cannot load {} ({}): {}",
+                spec.cwasm.display(),
+                spec.name,
+                chain(&e)
+            ),
+        )
+    })
+}

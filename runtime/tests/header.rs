@@ -1,0 +1,216 @@
+//! Keeps `include/wasm_runtime.h` and `src/ffi.rs` in sync: constants,
+//! prototypes, and struct layouts (the latter by compiling a probe against
+//! the header with the system C compiler).
+
+use std::ffi::{c_char, c_void};
+use std::mem::{offset_of, size_of};
+use std::path::Path;
+use std::process::Command;
+
+use wasm_runtime::ffi::*;
+use wasm_runtime::Code;
+
+fn header() -> String {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("include/wasm_runtime.h"),
+    )
+    .unwrap();
+    // Drop comments and collapse whitespace so prototypes compare as text.
+    let mut out = String::new();
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("/*") {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + rest[i..].find("*/").unwrap() + 2..];
+    }
+    out.push_str(rest);
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn c_code_name(c: Code) -> String {
+    let rust = format!("{c:?}");
+    let mut snake = String::new();
+    for (i, ch) in rust.chars().enumerate() {
+        if ch.is_uppercase() && i > 0 {
+            snake.push('_');
+        }
+        snake.push(ch.to_ascii_uppercase());
+    }
+    if c == Code::Ok {
+        "WASM_RT_OK".into()
+    } else {
+        format!("WASM_RT_E_{snake}")
+    }
+}
+
+#[test]
+fn codes_match() {
+    let h = header();
+    for c in Code::ALL {
+        let decl = format!("{} = {}", c_code_name(c), c as i32);
+        assert!(h.contains(&decl), "header lacks `{decl}`");
+    }
+    assert_eq!(
+        h.matches("WASM_RT_E_").count(),
+        Code::ALL.len() - 1,
+        "header has codes Rust lacks"
+    );
+}
+
+#[test]
+fn prototypes_match() {
+    // Each pair ties a prototype in the header to the Rust function, whose
+    // type the compiler checks against the `as` cast's signature.
+    let protos: &[(&str, usize)] = &[
+        ("const char *wasm_rt_version(void);", wasm_rt_version as extern "C" fn() -> *const c_char as usize),
+        ("void wasm_rt_string_free(char *s);", wasm_rt_string_free as unsafe extern "C" fn(*mut c_char) as usize),
+        (
+            "int32_t wasm_rt_precompile(const char *wasm_path, const char *cache_dir, char **cwasm_path, int32_t *cache_hit, uint64_t *millis, char **error);",
+            wasm_rt_precompile
+                as unsafe extern "C" fn(*const c_char, *const c_char, *mut *mut c_char, *mut i32, *mut u64, *mut *mut c_char) -> i32
+                as usize,
+        ),
+        (
+            "int32_t wasm_rt_runtime_new(const char *const *cwasm_paths, const char *const *names, size_t n, uint32_t concurrency, wasm_rt_runtime **out, char **error);",
+            wasm_rt_runtime_new
+                as unsafe extern "C" fn(*const *const c_char, *const *const c_char, usize, u32, *mut *mut wasm_rt_runtime, *mut *mut c_char) -> i32
+                as usize,
+        ),
+        ("void wasm_rt_runtime_free(wasm_rt_runtime *rt);", wasm_rt_runtime_free as unsafe extern "C" fn(*mut wasm_rt_runtime) as usize),
+        ("wasm_rt_body *wasm_rt_body_new(size_t size_hint);", wasm_rt_body_new as extern "C" fn(usize) -> *mut wasm_rt_body as usize),
+        (
+            "int32_t wasm_rt_body_append(wasm_rt_body *body, const void *data, size_t len);",
+            wasm_rt_body_append as unsafe extern "C" fn(*mut wasm_rt_body, *const c_void, usize) -> i32 as usize,
+        ),
+        ("void wasm_rt_body_free(wasm_rt_body *body);", wasm_rt_body_free as unsafe extern "C" fn(*mut wasm_rt_body) as usize),
+        (
+            "int32_t wasm_rt_run(const wasm_rt_runtime *rt, size_t module, const wasm_rt_request *req, wasm_rt_response **out);",
+            wasm_rt_run
+                as unsafe extern "C" fn(*const wasm_rt_runtime, usize, *const wasm_rt_request, *mut *mut wasm_rt_response) -> i32
+                as usize,
+        ),
+        ("void wasm_rt_response_free(wasm_rt_response *resp);", wasm_rt_response_free as unsafe extern "C" fn(*mut wasm_rt_response) as usize),
+    ];
+    let h = header();
+    for (proto, f) in protos {
+        assert_ne!(*f, 0);
+        assert!(h.contains(proto), "header lacks `{proto}`");
+    }
+    let declared = h.matches(" wasm_rt_").filter(|_| true).count();
+    let fns = h
+        .split(';')
+        .filter(|s| s.contains("wasm_rt_") && s.contains('(') && !s.contains("typedef"))
+        .count();
+    assert_eq!(
+        fns,
+        protos.len(),
+        "header declares functions this test does not know ({declared})"
+    );
+}
+
+/// Offsets and sizes as the C compiler sees them.
+fn c_layout() -> String {
+    let dir = std::env::temp_dir().join(format!("wasm-rt-header-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("probe.c");
+    let mut c = String::from(
+        "#include <stdio.h>\n#include <stddef.h>\n#include \"wasm_runtime.h\"\nint main(void){\n",
+    );
+    for (s, fields) in FIELDS {
+        c += &format!("printf(\"{s} %zu\\n\", sizeof({s}));\n");
+        for f in *fields {
+            c += &format!("printf(\"{s}.{f} %zu\\n\", offsetof({s}, {f}));\n");
+        }
+    }
+    c += "return 0;}\n";
+    std::fs::write(&src, c).unwrap();
+    let exe = dir.join("probe");
+    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("include");
+    let st = Command::new("cc")
+        .arg("-I")
+        .arg(&include)
+        .arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .status()
+        .expect("a C compiler (cc) is needed to check the header");
+    assert!(st.success());
+    String::from_utf8(Command::new(&exe).output().unwrap().stdout).unwrap()
+}
+
+const FIELDS: &[(&str, &[&str])] = &[
+    ("wasm_rt_dir", &["guest_path", "host_path", "read_only"]),
+    (
+        "wasm_rt_request",
+        &[
+            "argv",
+            "argc",
+            "env_names",
+            "env_values",
+            "envc",
+            "dirs",
+            "ndirs",
+            "entry_point",
+            "body",
+            "timeout_ms",
+            "max_memory",
+            "max_output",
+        ],
+    ),
+    (
+        "wasm_rt_response",
+        &[
+            "code",
+            "http_status",
+            "exit_code",
+            "stderr_truncated",
+            "out",
+            "out_len",
+            "err",
+            "err_len",
+            "message",
+        ],
+    ),
+];
+
+macro_rules! rust_layout {
+    ($out:ident, $t:ident, $($f:ident),*) => {{
+        $out += &format!("{} {}\n", stringify!($t), size_of::<$t>());
+        $( $out += &format!("{}.{} {}\n", stringify!($t), stringify!($f), offset_of!($t, $f)); )*
+    }};
+}
+
+#[test]
+fn struct_layouts_match() {
+    let mut rust = String::new();
+    rust_layout!(rust, wasm_rt_dir, guest_path, host_path, read_only);
+    rust_layout!(
+        rust,
+        wasm_rt_request,
+        argv,
+        argc,
+        env_names,
+        env_values,
+        envc,
+        dirs,
+        ndirs,
+        entry_point,
+        body,
+        timeout_ms,
+        max_memory,
+        max_output
+    );
+    rust_layout!(
+        rust,
+        wasm_rt_response,
+        code,
+        http_status,
+        exit_code,
+        stderr_truncated,
+        out,
+        out_len,
+        err,
+        err_len,
+        message
+    );
+    assert_eq!(c_layout(), rust);
+}

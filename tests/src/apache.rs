@@ -1,0 +1,346 @@
+//! A real Apache httpd for one test.
+
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use crate::root;
+
+/// Apache's multi-processing modules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mpm {
+    /// Threads, with an event loop for keep-alive (the main target).
+    Event,
+    /// Threads.
+    Worker,
+    /// Processes only.
+    Prefork,
+}
+
+impl Mpm {
+    fn name(self) -> &'static str {
+        match self {
+            Mpm::Event => "event",
+            Mpm::Worker => "worker",
+            Mpm::Prefork => "prefork",
+        }
+    }
+
+    fn tuning(self) -> &'static str {
+        match self {
+            Mpm::Prefork => "StartServers 2\nMinSpareServers 1\nMaxSpareServers 4\nMaxRequestWorkers 8\n",
+            _ => "StartServers 1\nServerLimit 4\nThreadsPerChild 8\nMaxRequestWorkers 16\nMinSpareThreads 8\nMaxSpareThreads 16\n",
+        }
+    }
+}
+
+/// How to start a server.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The MPM to load.
+    pub mpm: Mpm,
+    /// Site configuration; `@GUESTS@` becomes the guests' directory and
+    /// `@DIR@` the server's own directory.
+    pub site: String,
+    /// `WasmCacheDir`; `None` shares `build/test-cache` between tests.
+    pub cache_dir: Option<PathBuf>,
+    /// `LogLevel`.
+    pub log_level: String,
+}
+
+impl Options {
+    /// mpm_event with `site`.
+    pub fn new(site: &str) -> Self {
+        Options {
+            mpm: Mpm::Event,
+            site: site.into(),
+            cache_dir: None,
+            log_level: "info".into(),
+        }
+    }
+
+    /// Same, under `mpm`.
+    pub fn mpm(mut self, mpm: Mpm) -> Self {
+        self.mpm = mpm;
+        self
+    }
+
+    /// Same, with its own cache directory.
+    pub fn cache_dir(mut self, dir: &Path) -> Self {
+        self.cache_dir = Some(dir.to_path_buf());
+        self
+    }
+}
+
+fn apxs(q: &str) -> String {
+    let out = Command::new("apxs")
+        .args(["-q", q])
+        .output()
+        .expect("apxs (apache2-dev) is needed");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The httpd binary (`apache2` on Debian).
+pub fn httpd_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("APACHE_BIN") {
+        return p.into();
+    }
+    Path::new(&apxs("SBINDIR")).join(apxs("TARGET"))
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A fresh directory for one server, readable by Apache's children (which
+/// run as another user when the tests run as root).
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "mod_wasm-e2e-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(d.join("htdocs")).unwrap();
+    chmod_755(&d);
+    d
+}
+
+fn chmod_755(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes the server configuration for `opts` into `dir`.
+pub fn write_config(dir: &Path, port: u16, opts: &Options) -> PathBuf {
+    let libexec = apxs("LIBEXECDIR");
+    let cache = opts
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| root().join("build/test-cache"));
+    let user = if is_root() {
+        "User www-data\nGroup www-data\n"
+    } else {
+        ""
+    };
+    let site = opts
+        .site
+        .replace(
+            "@GUESTS@",
+            &root().join("build/guests").display().to_string(),
+        )
+        .replace("@DIR@", &dir.display().to_string());
+    let conf = format!(
+        "ServerRoot \"{dir}\"\nServerName 127.0.0.1\nListen 127.0.0.1:{port}\nPidFile {dir}/httpd.pid\n\
+         ErrorLog {dir}/error.log\nLogLevel {level}\nDefaultRuntimeDir {dir}\n\
+         LoadModule mpm_{mpm}_module {libexec}/mod_mpm_{mpm}.so\n\
+         LoadModule authz_core_module {libexec}/mod_authz_core.so\n\
+         LoadModule wasm_module {module}\n{user}{tuning}GracefulShutdownTimeout 5\n\
+         DocumentRoot {dir}/htdocs\nWasmCacheDir {cache}\n\n{site}\n",
+        dir = dir.display(),
+        level = opts.log_level,
+        mpm = opts.mpm.name(),
+        module = root().join("build/mod_wasm.so").display(),
+        tuning = opts.mpm.tuning(),
+        cache = cache.display(),
+    );
+    let path = dir.join("httpd.conf");
+    fs::write(&path, conf).unwrap();
+    path
+}
+
+/// A running server, stopped when dropped.
+pub struct Apache {
+    child: Child,
+    /// The loopback port it listens on.
+    pub port: u16,
+    /// Its directory (configuration, logs, document root).
+    pub dir: PathBuf,
+}
+
+impl Apache {
+    /// Starts a server with `site` under mpm_event.
+    pub fn start(site: &str) -> Apache {
+        Apache::start_with(Options::new(site))
+    }
+
+    /// Starts a server as `opts` says and waits until it accepts connections.
+    pub fn start_with(opts: Options) -> Apache {
+        let mut last = String::new();
+        for _attempt in 0..3 {
+            let dir = scratch_dir(opts.mpm.name());
+            let port = free_port();
+            let conf = write_config(&dir, port, &opts);
+            let child = Command::new(httpd_bin())
+                .arg("-f")
+                .arg(&conf)
+                .args(["-D", "FOREGROUND"])
+                // httpd signals its whole process group on shutdown: give it
+                // a group of its own, or it takes the test runner down too.
+                .process_group(0)
+                .stdin(Stdio::null())
+                .stdout(fs::File::create(dir.join("stdout.log")).unwrap())
+                .stderr(fs::File::create(dir.join("stderr.log")).unwrap())
+                .spawn()
+                .expect("cannot run httpd");
+            let mut server = Apache { child, port, dir };
+            match server.wait_ready() {
+                Ok(()) => return server,
+                Err(why) => last = why,
+            }
+            // Dropping `server` stops it; try another port if it was taken.
+            if !last.contains("Address already in use") {
+                break;
+            }
+        }
+        panic!("Apache did not start: {last}");
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "httpd exited ({status}): {}\n{}",
+                    self.stderr(),
+                    self.error_log()
+                ));
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            sleep(Duration::from_millis(20));
+        }
+        Err(format!(
+            "no answer on port {} within 30 s\n{}",
+            self.port,
+            self.error_log()
+        ))
+    }
+
+    /// The PID of the parent process.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The error log so far.
+    pub fn error_log(&self) -> String {
+        fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+
+    /// What httpd printed on stderr.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    fn generations(&self) -> usize {
+        self.error_log()
+            .matches("resuming normal operations")
+            .count()
+    }
+
+    /// `apachectl -k graceful`: SIGUSR1 to the parent; returns once the new
+    /// generation is configured.
+    pub fn graceful(&self) {
+        self.signal_and_wait(libc::SIGUSR1);
+    }
+
+    /// `apachectl -k restart`: SIGHUP to the parent.
+    pub fn restart(&self) {
+        self.signal_and_wait(libc::SIGHUP);
+    }
+
+    fn signal_and_wait(&self, sig: i32) {
+        let before = self.generations();
+        // SAFETY: signalling the server this harness started.
+        unsafe { libc::kill(self.pid(), sig) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.generations() == before {
+            assert!(
+                Instant::now() < deadline,
+                "no restart within 30 s:\n{}",
+                self.error_log()
+            );
+            sleep(Duration::from_millis(20));
+        }
+        // The listener is the same socket; wait until it answers again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "no answer after restart");
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Lines of the error log that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.error_log()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Stops the server and waits for it (also done on drop).
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SAFETY: signalling the server this harness started.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Apache {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("server files kept in {}", self.dir.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Runs `httpd -t` on a configuration built from `opts`; returns whether it
+/// passed and everything it printed.
+pub fn configtest(opts: &Options) -> (bool, String) {
+    let dir = scratch_dir("configtest");
+    let conf = write_config(&dir, free_port(), opts);
+    let out = Command::new(httpd_bin())
+        .arg("-t")
+        .arg("-f")
+        .arg(&conf)
+        .output()
+        .expect("cannot run httpd");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = fs::remove_dir_all(&dir);
+    (out.status.success(), text)
+}

@@ -1,0 +1,464 @@
+//! Issue "Core": Apache serves precompiled WASI modules end to end.
+
+use std::collections::BTreeMap;
+use std::fs;
+
+use e2e::apache::{configtest, scratch_dir, Apache, Mpm, Options};
+use e2e::http::{get, Request};
+
+fn location(path: &str, guest: &str, extra: &str) -> String {
+    format!("<Location {path}>\n  SetHandler wasm-handler\n  WasmModule @GUESTS@/{guest}.wasm\n{extra}</Location>\n")
+}
+
+fn env_of(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn hello() {
+    let s = Apache::start(&location("/hello", "hello", ""));
+    let r = get(s.port, "/hello");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"Hello, World!");
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+}
+
+#[test]
+fn head_runs_the_guest_and_sends_no_body() {
+    let s = Apache::start(&location("/hello", "hello", ""));
+    let r = Request::new("HEAD", "/hello").send(s.port).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty(), "HEAD got a body: {:?}", r.text());
+}
+
+#[test]
+fn environment_is_exactly_cgi_plus_wasm_env() {
+    let s = Apache::start(&location(
+        "/env",
+        "env",
+        "  WasmEnv GREETING \"hello there\"\n  WasmArg --flag value\n",
+    ));
+    let r = Request::new("GET", "/env/extra/path?a=1&b=2")
+        .header("X-Custom-Thing", "42")
+        .header("Authorization", "Basic c2VjcmV0OnNlY3JldA==")
+        .send(s.port)
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let env = env_of(&r.text());
+    assert_eq!(env["REQUEST_METHOD"], "GET");
+    assert_eq!(env["QUERY_STRING"], "a=1&b=2");
+    assert_eq!(env["HTTP_X_CUSTOM_THING"], "42");
+    assert_eq!(env["SCRIPT_NAME"], "/env");
+    assert_eq!(env["PATH_INFO"], "/extra/path");
+    assert_eq!(env["REQUEST_URI"], "/env/extra/path?a=1&b=2");
+    assert_eq!(env["SERVER_PROTOCOL"], "HTTP/1.1");
+    assert_eq!(env["GATEWAY_INTERFACE"], "CGI/1.1");
+    assert_eq!(env["GREETING"], "hello there");
+    assert_eq!(env["ARGV0"], "env.wasm");
+    assert_eq!(env["ARGV1"], "--flag");
+    assert_eq!(env["ARGV2"], "value");
+    assert!(!env.contains_key("ARGV3"));
+    for absent in [
+        "PATH",
+        "LD_LIBRARY_PATH",
+        "HOME",
+        "HTTP_AUTHORIZATION",
+        "AUTHORIZATION",
+    ] {
+        assert!(
+            !env.contains_key(absent),
+            "{absent} leaked into the guest: {}",
+            r.text()
+        );
+    }
+    assert!(!r.text().contains("c2VjcmV0"), "credentials leaked");
+}
+
+#[test]
+fn location_root_gives_empty_path_info() {
+    let s = Apache::start(&location("/env/", "env", ""));
+    let env = env_of(&get(s.port, "/env/").text());
+    assert_eq!(env["SCRIPT_NAME"], "/env");
+    assert_eq!(env["PATH_INFO"], "/");
+    let env = env_of(&get(s.port, "/env/x").text());
+    assert_eq!(env["PATH_INFO"], "/x");
+}
+
+#[test]
+fn post_of_one_mebibyte_is_echoed_byte_exact() {
+    let s = Apache::start(&location("/echo", "echo", ""));
+    let body: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let r = Request::new("POST", "/echo")
+        .body(body.clone())
+        .send(s.port)
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), body.len());
+    assert!(r.body == body, "echoed body differs");
+}
+
+#[test]
+fn chunked_post_is_echoed() {
+    let s = Apache::start(&location("/echo", "echo", ""));
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let r = Request::new("POST", "/echo")
+        .body(body.clone())
+        .chunked(7_001)
+        .send(s.port)
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body == body,
+        "echoed chunked body differs ({} bytes back)",
+        r.body.len()
+    );
+}
+
+#[test]
+fn body_over_limit_request_body_is_413_before_the_guest_runs() {
+    let s = Apache::start(&format!(
+        "LimitRequestBody 1000\n{}",
+        location("/echo", "echo", "")
+    ));
+    let r = Request::new("POST", "/echo")
+        .body(vec![b'x'; 5000])
+        .send(s.port)
+        .unwrap();
+    assert_eq!(r.status, 413);
+}
+
+#[test]
+fn status_and_extra_headers_pass_through() {
+    let s = Apache::start(&location("/respond", "respond", ""));
+    let r = get(s.port, "/respond?status");
+    assert_eq!(r.status, 201);
+    assert_eq!(r.header("x-wasm"), Some("yes"));
+    assert_eq!(r.headers_all("set-cookie"), vec!["a=1", "b=2"]);
+    assert_eq!(r.text(), "created\n");
+}
+
+#[test]
+fn absolute_location_is_a_302() {
+    let s = Apache::start(&location("/respond", "respond", ""));
+    let r = get(s.port, "/respond?abs");
+    assert_eq!(r.status, 302);
+    assert_eq!(r.header("location"), Some("http://example.com/elsewhere"));
+}
+
+#[test]
+fn local_location_is_an_internal_redirect() {
+    let site = location("/respond", "respond", "") + &location("/hello", "hello", "");
+    let s = Apache::start(&site);
+    let r = Request::new("POST", "/respond?local")
+        .body("ignored")
+        .send(s.port)
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"Hello, World!");
+}
+
+#[test]
+fn not_modified_passes_through() {
+    let s = Apache::start(&location("/respond", "respond", ""));
+    let r = Request::new("GET", "/respond?notmod")
+        .header("If-Modified-Since", "Mon, 01 Jan 2024 00:00:00 GMT")
+        .send(s.port)
+        .unwrap();
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+}
+
+#[test]
+fn malformed_header_is_500_and_logged() {
+    let s = Apache::start(&location("/respond", "respond", ""));
+    assert_eq!(get(s.port, "/respond?badheader").status, 500);
+    assert!(
+        !s.log_lines("bad response header").is_empty()
+            || !s.log_lines("malformed header").is_empty(),
+        "{}",
+        s.error_log()
+    );
+}
+
+#[test]
+fn large_response_is_complete() {
+    let s = Apache::start(&location("/respond", "respond", ""));
+    let r = get(s.port, "/respond?big=1048576");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 1 << 20);
+    assert!(r
+        .body
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == b'a' + (i % 26) as u8));
+}
+
+#[test]
+fn trap_is_500_and_the_next_request_succeeds() {
+    let s = Apache::start(&location("/fault", "fault", ""));
+    for kind in ["trap", "divzero", "oob", "stack"] {
+        let r = get(s.port, &format!("/fault?{kind}"));
+        assert_eq!(r.status, 500, "{kind}");
+        assert_eq!(get(s.port, "/fault").text(), "fine\n", "after {kind}");
+    }
+    let log = s.error_log();
+    assert!(
+        log.contains("wasm `unreachable` instruction executed"),
+        "{log}"
+    );
+    assert!(!log.contains("exit signal"), "a child died: {log}");
+}
+
+#[test]
+fn proc_exit_zero_is_a_normal_end() {
+    let s = Apache::start(&location("/fault", "fault", ""));
+    let r = get(s.port, "/fault?exit0");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "exited\n");
+}
+
+#[test]
+fn nonzero_exit_is_500() {
+    let s = Apache::start(&location("/fault", "fault", ""));
+    let r = get(s.port, "/fault?exit3");
+    assert_eq!(r.status, 500);
+    assert!(!r.text().contains("partial"));
+    assert!(
+        s.error_log().contains("exited with status 3"),
+        "{}",
+        s.error_log()
+    );
+}
+
+#[test]
+fn stderr_lines_go_to_the_error_log_not_the_client() {
+    let s = Apache::start(&location("/fault", "fault", ""));
+    let r = get(s.port, "/fault?stderr");
+    assert_eq!(r.status, 200);
+    assert!(!r.text().contains("complaint"));
+    let first = s.log_lines("first complaint");
+    let second = s.log_lines("second complaint");
+    assert_eq!(first.len(), 1, "{}", s.error_log());
+    assert_eq!(second.len(), 1);
+    assert!(
+        first[0].contains("[client 127.0.0.1:"),
+        "stderr line lacks the request's identity: {}",
+        first[0]
+    );
+}
+
+#[test]
+fn two_locations_sharing_a_module_compile_it_once() {
+    let scratch = scratch_dir("cache");
+    let cache = scratch.join("cache");
+    let site = location("/a", "hello", "") + &location("/b", "hello", "");
+    let s = Apache::start_with(Options::new(&site).cache_dir(&cache));
+    assert_eq!(get(s.port, "/a").body, b"Hello, World!");
+    assert_eq!(get(s.port, "/b").body, b"Hello, World!");
+    let entries: Vec<_> = fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    // Two configuration passes at start-up: the first compiles, the second hits.
+    assert_eq!(s.log_lines("compiled in").len(), 1, "{}", s.error_log());
+    // A graceful restart is a cache hit too.
+    s.graceful();
+    assert_eq!(s.log_lines("compiled in").len(), 1, "{}", s.error_log());
+    assert_eq!(get(s.port, "/b").body, b"Hello, World!");
+    let _ = fs::remove_dir_all(&scratch);
+}
+
+#[test]
+fn nested_location_inherits_and_overrides_wasm_env() {
+    let site = "<Location /env>\n  SetHandler wasm-handler\n  WasmModule @GUESTS@/env.wasm\n  WasmEnv OUTER outer\n  WasmEnv SHARED parent\n</Location>\n\
+                <Location /env/inner>\n  WasmEnv INNER inner\n  WasmEnv SHARED child\n</Location>\n";
+    let s = Apache::start(site);
+    let outer = env_of(&get(s.port, "/env/x").text());
+    assert_eq!(outer["OUTER"], "outer");
+    assert_eq!(outer["SHARED"], "parent");
+    assert!(!outer.contains_key("INNER"));
+    let text = get(s.port, "/env/inner/y").text();
+    let inner = env_of(&text);
+    assert_eq!(inner["OUTER"], "outer");
+    assert_eq!(inner["INNER"], "inner");
+    assert_eq!(inner["SHARED"], "child");
+    assert_eq!(text.matches("SHARED=").count(), 1, "{text}");
+    assert_eq!(inner["SCRIPT_NAME"], "/env");
+    assert_eq!(inner["PATH_INFO"], "/inner/y");
+}
+
+#[test]
+fn same_location_in_two_virtual_hosts_does_not_collide() {
+    let site = format!(
+        "<VirtualHost *>\n  ServerName one.test\n{}</VirtualHost>\n<VirtualHost *>\n  ServerName two.test\n{}</VirtualHost>\n",
+        location("/app", "hello", ""),
+        location("/app", "env", "")
+    );
+    let s = Apache::start(&site);
+    let one = Request::new("GET", "/app")
+        .header("Host", "one.test")
+        .send(s.port)
+        .unwrap();
+    // Our client sends its own Host first; send a raw Host override instead.
+    let _ = one;
+    let r1 = raw_get_host(s.port, "/app", "one.test");
+    let r2 = raw_get_host(s.port, "/app", "two.test");
+    assert!(r1.ends_with("Hello, World!"), "{r1}");
+    assert!(r2.contains("SERVER_NAME=two.test"), "{r2}");
+}
+
+fn raw_get_host(port: u16, path: &str, host: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn bad_module_path_fails_configtest_naming_directive_and_line() {
+    let (ok, out) = configtest(&Options::new("<Location /x>\n  SetHandler wasm-handler\n  WasmModule /nonexistent/app.wasm\n</Location>\n"));
+    assert!(!ok, "{out}");
+    assert!(out.contains("WasmModule"), "{out}");
+    assert!(out.contains("/nonexistent/app.wasm"), "{out}");
+    assert!(out.contains("httpd.conf"), "no file name in: {out}");
+    assert!(out.contains("line "), "no line number in: {out}");
+}
+
+#[test]
+fn invalid_module_fails_configtest() {
+    let dir = scratch_dir("invalid");
+    fs::write(dir.join("garbage.wasm"), b"\0asm\x01\0\0\0\x01\xff\xff").unwrap();
+    let site = format!(
+        "<Location /x>\n  SetHandler wasm-handler\n  WasmModule {}/garbage.wasm\n</Location>\n",
+        dir.display()
+    );
+    let (ok, out) = configtest(&Options::new(&site).cache_dir(&dir.join("cache")));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("garbage.wasm") && out.contains("not a valid WebAssembly module"),
+        "{out}"
+    );
+    assert!(out.contains("httpd.conf:"), "no definition site in: {out}");
+    fs::write(dir.join("text.wasm"), b"hello").unwrap();
+    let site = format!(
+        "<Location /x>\n  WasmModule {}/text.wasm\n</Location>\n",
+        dir.display()
+    );
+    let (ok, out) = configtest(&Options::new(&site));
+    assert!(!ok && out.contains("not a WebAssembly binary"), "{out}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn unknown_imports_fail_configtest_listing_them() {
+    let dir = scratch_dir("imports");
+    let wasm = wat::parse_str(
+        r#"(module (import "env" "mystery" (func)) (import "other" "thing" (func)) (func (export "_start")))"#,
+    )
+    .unwrap();
+    fs::write(dir.join("imports.wasm"), wasm).unwrap();
+    let site = format!(
+        "<Location /x>\n  WasmModule {}/imports.wasm\n</Location>\n",
+        dir.display()
+    );
+    let (ok, out) = configtest(&Options::new(&site).cache_dir(&dir.join("cache")));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("env::mystery") && out.contains("other::thing"),
+        "{out}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_directive_arguments_fail_configtest() {
+    for (site, needle) in [
+        ("WasmMapDir /data\n", "WasmMapDir"),
+        ("WasmMapDir /data /nonexistent-dir-xyz\n", "not a directory"),
+        ("WasmDir /tmp sometimes\n", "'ro' or 'rw'"),
+        ("WasmEnv =bad value\n", "WasmEnv"),
+        (
+            "<Location /x>\n WasmCacheDir /tmp\n</Location>\n",
+            "WasmCacheDir",
+        ),
+    ] {
+        let (ok, out) = configtest(&Options::new(site));
+        assert!(!ok, "{site}: {out}");
+        assert!(out.contains(needle), "{site}: {out}");
+    }
+}
+
+#[test]
+fn handler_without_module_is_500() {
+    let s = Apache::start("<Location /none>\n  SetHandler wasm-handler\n</Location>\n");
+    assert_eq!(get(s.port, "/none").status, 500);
+    assert!(!s.log_lines("without a WasmModule").is_empty());
+}
+
+#[test]
+fn graceful_restart_keeps_serving() {
+    let s = Apache::start(&location("/hello", "hello", ""));
+    assert_eq!(get(s.port, "/hello").status, 200);
+    let port = s.port;
+    let load = std::thread::spawn(move || {
+        let mut failures = 0;
+        for _ in 0..200 {
+            match Request::new("GET", "/hello").send(port) {
+                Ok(r) if r.status == 200 && r.body == b"Hello, World!" => {}
+                _ => failures += 1,
+            }
+        }
+        failures
+    });
+    s.graceful();
+    s.graceful();
+    assert_eq!(
+        load.join().unwrap(),
+        0,
+        "requests failed during graceful restarts"
+    );
+    assert_eq!(get(s.port, "/hello").body, b"Hello, World!");
+    s.restart();
+    assert_eq!(get(s.port, "/hello").body, b"Hello, World!");
+    assert!(s.log_lines("exit signal").is_empty(), "{}", s.error_log());
+}
+
+fn hello_and_trap_under(mpm: Mpm) {
+    let site = location("/hello", "hello", "") + &location("/fault", "fault", "");
+    let s = Apache::start_with(Options::new(&site).mpm(mpm));
+    for _ in 0..3 {
+        assert_eq!(get(s.port, "/hello").body, b"Hello, World!");
+        assert_eq!(get(s.port, "/fault?trap").status, 500);
+        assert_eq!(get(s.port, "/fault?stack").status, 500);
+    }
+    assert_eq!(get(s.port, "/hello").body, b"Hello, World!");
+    let log = s.error_log();
+    assert!(
+        !log.contains("exit signal"),
+        "a child died under {mpm:?}: {log}"
+    );
+    assert!(!log.contains("Segmentation fault"), "{log}");
+}
+
+#[test]
+fn mpm_event_hello_and_trap() {
+    hello_and_trap_under(Mpm::Event);
+}
+
+#[test]
+fn mpm_worker_hello_and_trap() {
+    hello_and_trap_under(Mpm::Worker);
+}
+
+#[test]
+fn mpm_prefork_hello_and_trap() {
+    hello_and_trap_under(Mpm::Prefork);
+}
