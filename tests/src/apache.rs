@@ -51,6 +51,8 @@ pub struct Options {
     pub cache_dir: Option<PathBuf>,
     /// `LogLevel`.
     pub log_level: String,
+    /// The mod_wasm.so to load; `None` for `build/mod_wasm.so`.
+    pub module: Option<PathBuf>,
 }
 
 impl Options {
@@ -61,6 +63,7 @@ impl Options {
             site: site.into(),
             cache_dir: None,
             log_level: "info".into(),
+            module: None,
         }
     }
 
@@ -155,7 +158,7 @@ pub fn write_config(dir: &Path, port: u16, opts: &Options) -> PathBuf {
         dir = dir.display(),
         level = opts.log_level,
         mpm = opts.mpm.name(),
-        module = root().join("build/mod_wasm.so").display(),
+        module = opts.module.clone().unwrap_or_else(|| root().join("build/mod_wasm.so")).display(),
         tuning = opts.mpm.tuning(),
         cache = cache.display(),
     );
@@ -193,6 +196,9 @@ impl Apache {
                 // httpd signals its whole process group on shutdown: give it
                 // a group of its own, or it takes the test runner down too.
                 .process_group(0)
+                // `cargo test` points LD_LIBRARY_PATH at target/: the module
+                // must find its runtime through its own rpath, as in production.
+                .env_remove("LD_LIBRARY_PATH")
                 .stdin(Stdio::null())
                 .stdout(fs::File::create(dir.join("stdout.log")).unwrap())
                 .stderr(fs::File::create(dir.join("stderr.log")).unwrap())
