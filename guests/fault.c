@@ -15,6 +15,7 @@
 #include <string.h>
 
 static volatile int zero = 0;
+static volatile char *volatile sink;
 
 static int recurse(int n)
 {
@@ -62,7 +63,14 @@ int main(void)
     }
     if (!strcmp(q, "alloc")) {
         size_t total = 0;
-        while (malloc(1 << 20)) {
+        for (;;) {
+            /* Touch and keep each block, or the compiler drops the loop. */
+            volatile char *block = malloc(1 << 20);
+            if (!block) {
+                break;
+            }
+            block[0] = 1;
+            sink = block;
             total += 1 << 20;
         }
         printf("Content-Type: text/plain\r\n\r\nallocated %zu MiB\n",

@@ -51,12 +51,16 @@ typedef struct {
     apr_table_t *env;           /* WasmEnv, merged key by key */
     apr_array_header_t *dirs;   /* of wasm_rt_dir, merged by guest path */
     const char *entry;          /* WasmEntryPoint, NULL: unset */
+    apr_uint64_t timeout_ms;    /* WasmTimeout, 0: unset */
+    apr_uint64_t max_memory;    /* WasmMaxMemory in bytes, 0: unset */
+    apr_uint64_t max_output;    /* WasmMaxOutput in bytes, 0: unset */
 } wasm_dir_conf;
 
 /* Configuration-pass state, allocated from pconf and reset in pre_config:
  * the module is reloaded on restart, but say so explicitly. */
 static apr_array_header_t *wasm_modules;
 static const char *wasm_cache_dir;
+static int wasm_pool_slots;     /* WasmPoolSlots, 0: ThreadsPerChild + 1 */
 
 /* The child's runtime, created in child_init. Lives as long as the process:
  * worker threads may still be finishing requests while the child pool is
@@ -124,6 +128,9 @@ static void *wasm_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     apr_table_compress(conf->env, APR_OVERLAP_TABLES_SET);
     conf->dirs = wasm_merge_dirs(p, base->dirs, add->dirs);
     conf->entry = add->entry ? add->entry : base->entry;
+    conf->timeout_ms = add->timeout_ms ? add->timeout_ms : base->timeout_ms;
+    conf->max_memory = add->max_memory ? add->max_memory : base->max_memory;
+    conf->max_output = add->max_output ? add->max_output : base->max_output;
     return conf;
 }
 
@@ -304,6 +311,64 @@ static const char *wasm_cmd_cache_dir(cmd_parms *cmd, void *dconf,
     return NULL;
 }
 
+static const char *wasm_cmd_timeout(cmd_parms *cmd, void *dconf,
+                                    const char *arg)
+{
+    apr_interval_time_t t;
+    apr_uint64_t ms;
+
+    /* Apache's own syntax: seconds, or a number with ms, s, mi or h. */
+    if (ap_timeout_parameter_parse(arg, &t, "s") != APR_SUCCESS || t <= 0) {
+        return apr_psprintf(cmd->pool, "WasmTimeout: '%s' is not a positive "
+                            "time (seconds, or with a unit: 500ms, 2mi)", arg);
+    }
+    ms = (apr_uint64_t)apr_time_as_msec(t);
+    ((wasm_dir_conf *)dconf)->timeout_ms = ms ? ms : 1;
+    return NULL;
+}
+
+/* WasmMaxMemory and WasmMaxOutput (cmd->info is the offset of the field to
+ * set, as with ap_set_string_slot); the runtime parses the size. */
+static const char *wasm_cmd_size(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    wasm_dir_conf *conf = dconf;
+    uint64_t bytes = 0;
+    char *error = NULL;
+    const char *msg;
+
+    if (wasm_rt_parse_size(arg, &bytes, &error) != WASM_RT_OK) {
+        msg = apr_psprintf(cmd->pool, "%s: %s", cmd->cmd->name,
+                           error ? error : "invalid size");
+        wasm_rt_string_free(error);
+        return msg;
+    }
+    if (cmd->info == (void *)APR_OFFSETOF(wasm_dir_conf, max_memory)
+        && (bytes < 65536 || bytes > (APR_UINT64_C(4) << 30))) {
+        return "WasmMaxMemory must be between 64K and 4G";
+    }
+    *(apr_uint64_t *)((char *)conf + (apr_size_t)cmd->info) = bytes;
+    return NULL;
+}
+
+static const char *wasm_cmd_pool_slots(cmd_parms *cmd, void *dconf,
+                                       const char *arg)
+{
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+    char *end;
+    long n;
+
+    if (err) {
+        return err;
+    }
+    n = strtol(arg, &end, 10);
+    if (*end || n < 1 || n > 100000) {
+        return apr_psprintf(cmd->pool, "WasmPoolSlots: '%s' is not a number "
+                            "between 1 and 100000", arg);
+    }
+    wasm_pool_slots = (int)n;
+    return NULL;
+}
+
 static const command_rec wasm_cmds[] = {
     AP_INIT_TAKE1("WasmModule", wasm_cmd_module, NULL, RSRC_CONF | ACCESS_CONF,
                   "path of the WebAssembly (WASI command) module to run"),
@@ -322,6 +387,19 @@ static const command_rec wasm_cmds[] = {
                   "exported function to call instead of _start"),
     AP_INIT_TAKE1("WasmCacheDir", wasm_cmd_cache_dir, NULL, RSRC_CONF,
                   "directory for compiled modules (server-wide)"),
+    AP_INIT_TAKE1("WasmTimeout", wasm_cmd_timeout, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "longest time one request may run (default 30s)"),
+    AP_INIT_TAKE1("WasmMaxMemory", wasm_cmd_size,
+                  (void *)APR_OFFSETOF(wasm_dir_conf, max_memory),
+                  RSRC_CONF | ACCESS_CONF,
+                  "most linear memory one request may use (default 256M)"),
+    AP_INIT_TAKE1("WasmMaxOutput", wasm_cmd_size,
+                  (void *)APR_OFFSETOF(wasm_dir_conf, max_output),
+                  RSRC_CONF | ACCESS_CONF,
+                  "most bytes one request may write to stdout (default 64M)"),
+    AP_INIT_TAKE1("WasmPoolSlots", wasm_cmd_pool_slots, NULL, RSRC_CONF,
+                  "instance slots per child (default ThreadsPerChild + 1)"),
     {NULL}
 };
 
@@ -332,6 +410,7 @@ static int wasm_pre_config(apr_pool_t *pconf, apr_pool_t *plog,
 {
     wasm_modules = apr_array_make(pconf, 4, sizeof(wasm_module_rec));
     wasm_cache_dir = NULL;
+    wasm_pool_slots = 0;
     return OK;
 }
 
@@ -394,18 +473,21 @@ static int wasm_post_config(apr_pool_t *pconf, apr_pool_t *plog,
 static void wasm_child_init(apr_pool_t *pchild, server_rec *s)
 {
     const char **paths, **names;
-    int threads = 1, i, n = wasm_modules ? wasm_modules->nelts : 0;
+    int threads = 1, slots, i, n = wasm_modules ? wasm_modules->nelts : 0;
     char *error = NULL;
 
     wasm_runtime = NULL;
     if (n == 0) {
         return;
     }
-    /* One request per worker thread at a time: that many pool slots. */
+    /* One request per worker thread at a time, plus one spare: a slot is
+     * released when its request ends, so the pool cannot run dry unless
+     * WasmPoolSlots says fewer. */
     if (ap_mpm_query(AP_MPMQ_MAX_THREADS, &threads) != APR_SUCCESS
         || threads < 1) {
         threads = 1;
     }
+    slots = wasm_pool_slots ? wasm_pool_slots : threads + 1;
     paths = apr_palloc(pchild, n * sizeof(*paths));
     names = apr_palloc(pchild, n * sizeof(*names));
     for (i = 0; i < n; i++) {
@@ -416,7 +498,7 @@ static void wasm_child_init(apr_pool_t *pchild, server_rec *s)
     /* The engine is created here, after Apache set up its signal handlers,
      * so that Wasmtime's trap handlers run first (and chain to Apache's for
      * faults that are not guest traps). */
-    if (wasm_rt_runtime_new(paths, names, n, (uint32_t)threads,
+    if (wasm_rt_runtime_new(paths, names, n, (uint32_t)slots,
                             &wasm_runtime, &error) != WASM_RT_OK) {
         ap_log_error(APLOG_MARK, APLOG_CRIT, 0, s, WASMLOGNO(00004)
                      "cannot start the WebAssembly runtime in this child: %s",
@@ -753,6 +835,9 @@ static int wasm_handler(request_rec *r)
         req.ndirs = conf->dirs->nelts;
     }
     req.entry_point = conf->entry;
+    req.timeout_ms = conf->timeout_ms;
+    req.max_memory = conf->max_memory;
+    req.max_output = conf->max_output;
 
     wasm_rt_run(wasm_runtime, (size_t)conf->module, &req, &resp);
     if (!resp) {

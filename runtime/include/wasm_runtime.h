@@ -99,14 +99,20 @@ int32_t wasm_rt_precompile(const char *wasm_path, const char *cache_dir,
                            uint64_t *millis, char **error);
 
 /*
+ * Parses a size with an optional K, M or G suffix (powers of 1024) into
+ * `*out` bytes. Fails for 0, garbage and overflow, with a message.
+ */
+int32_t wasm_rt_parse_size(const char *text, uint64_t *out, char **error);
+
+/*
  * Creates the runtime of one child process: loads each of the `n` cache
  * entries `cwasm_paths` (named `names[i]` in log messages) into an engine
- * whose instance pool has room for `concurrency` simultaneous requests
- * (plus one), and starts its epoch thread. Module i is index i in wasm_rt_run.
+ * whose instance pool has `slots` slots (the most requests it can run at
+ * once), and starts its epoch thread. Module i is index i in wasm_rt_run.
  */
 int32_t wasm_rt_runtime_new(const char *const *cwasm_paths,
                             const char *const *names, size_t n,
-                            uint32_t concurrency, wasm_rt_runtime **out,
+                            uint32_t slots, wasm_rt_runtime **out,
                             char **error);
 
 /* Destroys a runtime; no request may be running. */

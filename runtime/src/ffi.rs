@@ -225,6 +225,27 @@ pub unsafe extern "C" fn wasm_rt_precompile(
     unsafe { report(r, error) }
 }
 
+/// Parses a size directive value ("64M").
+///
+/// # Safety
+/// Pointers are NULL or valid as the header describes.
+#[no_mangle]
+pub unsafe extern "C" fn wasm_rt_parse_size(
+    text: *const c_char,
+    out: *mut u64,
+    error: *mut *mut c_char,
+) -> i32 {
+    let r = guard("wasm_rt_parse_size", || {
+        let t = unsafe { c_text(text, "text") }?;
+        let v = crate::limits::parse_size(&t)?;
+        if !out.is_null() {
+            unsafe { *out = v };
+        }
+        Ok(())
+    });
+    unsafe { report(r, error) }
+}
+
 /// Creates the runtime of a child process.
 ///
 /// # Safety
@@ -234,7 +255,7 @@ pub unsafe extern "C" fn wasm_rt_runtime_new(
     cwasm_paths: *const *const c_char,
     names: *const *const c_char,
     n: usize,
-    concurrency: u32,
+    slots: u32,
     out: *mut *mut wasm_rt_runtime,
     error: *mut *mut c_char,
 ) -> i32 {
@@ -254,7 +275,7 @@ pub unsafe extern "C" fn wasm_rt_runtime_new(
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let rt = Runtime::new(&specs, concurrency)?;
+        let rt = Runtime::new(&specs, slots)?;
         unsafe { *out = Box::into_raw(Box::new(rt)) };
         Ok(())
     });

@@ -15,6 +15,7 @@ pub mod error;
 pub mod ffi;
 pub mod host;
 pub mod isolate;
+pub mod limits;
 pub mod pipe;
 pub mod request;
 pub mod runtime;

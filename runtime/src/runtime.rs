@@ -37,18 +37,18 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Loads `specs` into a pooled engine sized for `concurrency` requests
-    /// at once (the MPM's threads per child).
+    /// Loads `specs` into a pooled engine with `slots` instance slots: the
+    /// most requests this process can run at once.
     ///
     /// # Errors
     /// [`Code::Io`] / [`Code::Compile`] when a cache entry cannot be loaded,
     /// [`Code::Link`] when a module's imports cannot be satisfied,
     /// [`Code::Internal`] when the pool cannot be reserved.
-    pub fn new(specs: &[ModuleSpec], concurrency: u32) -> Result<Runtime> {
+    pub fn new(specs: &[ModuleSpec], slots: u32) -> Result<Runtime> {
         // Pool limits come from the modules themselves; loading them needs an
         // engine, so read them with a small probe engine first.
         let probe = pooled_engine(&PoolSize::with_slots(1))?;
-        let mut pool = PoolSize::with_slots(concurrency.saturating_add(1));
+        let mut pool = PoolSize::with_slots(slots);
         for spec in specs {
             let module = load(&probe, spec)?;
             let need = module.resources_required();

@@ -70,7 +70,11 @@ fn prototypes_match() {
                 as usize,
         ),
         (
-            "int32_t wasm_rt_runtime_new(const char *const *cwasm_paths, const char *const *names, size_t n, uint32_t concurrency, wasm_rt_runtime **out, char **error);",
+            "int32_t wasm_rt_parse_size(const char *text, uint64_t *out, char **error);",
+            wasm_rt_parse_size as unsafe extern "C" fn(*const c_char, *mut u64, *mut *mut c_char) -> i32 as usize,
+        ),
+        (
+            "int32_t wasm_rt_runtime_new(const char *const *cwasm_paths, const char *const *names, size_t n, uint32_t slots, wasm_rt_runtime **out, char **error);",
             wasm_rt_runtime_new
                 as unsafe extern "C" fn(*const *const c_char, *const *const c_char, usize, u32, *mut *mut wasm_rt_runtime, *mut *mut c_char) -> i32
                 as usize,

@@ -1,0 +1,285 @@
+//! The runtime's request path, without Apache: guests written in WAT,
+//! compiled through the cache, run from a pooled runtime.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasm_runtime::cache::precompile;
+use wasm_runtime::{Code, Limits, ModuleSpec, Request, Runtime};
+
+/// WASI imports and a `write(fd, offset, len)` helper shared by the guests.
+const PRELUDE: &str = r#"
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $env_sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $env_get (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func $write (param $fd i32) (param $ptr i32) (param $len i32) (result i32)
+    (i32.store (i32.const 0) (local.get $ptr))
+    (i32.store (i32.const 4) (local.get $len))
+    (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8)))
+"#;
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("wasm-rt-run-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A runtime with one module whose body is `body` (after the prelude).
+fn runtime(name: &str, body: &str, slots: u32) -> Runtime {
+    let d = scratch(name);
+    let wasm = d.join(format!("{name}.wasm"));
+    std::fs::write(
+        &wasm,
+        wat::parse_str(format!("(module {PRELUDE} {body})")).unwrap(),
+    )
+    .unwrap();
+    let compiled = precompile(&wasm, &d.join("cache")).unwrap();
+    Runtime::new(
+        &[ModuleSpec {
+            cwasm: compiled.cwasm,
+            name: name.into(),
+        }],
+        slots,
+    )
+    .unwrap()
+}
+
+fn request() -> Request {
+    Request {
+        args: vec!["guest.wasm".into()],
+        ..Request::default()
+    }
+}
+
+const HELLO: &str = r#"
+  (data (i32.const 100) "Content-Type: text/plain\r\n\r\nhi")
+  (data (i32.const 200) "oops\n")
+  (func (export "_start")
+    (drop (call $write (i32.const 1) (i32.const 100) (i32.const 30)))
+    (drop (call $write (i32.const 2) (i32.const 200) (i32.const 5))))
+"#;
+
+#[test]
+fn stdout_and_stderr_are_collected() {
+    let rt = runtime("hello", HELLO, 2);
+    let o = rt.run(0, request());
+    o.result.unwrap();
+    assert_eq!(o.exit_code, 0);
+    assert_eq!(&o.stdout[..], b"Content-Type: text/plain\r\n\r\nhi");
+    assert_eq!(&o.stderr[..], b"oops\n");
+    assert!(!o.stderr_truncated);
+}
+
+#[test]
+fn unknown_module_index_is_invalid_argument() {
+    let rt = runtime("index", HELLO, 2);
+    assert_eq!(
+        rt.run(1, request()).result.unwrap_err().code,
+        Code::InvalidArgument
+    );
+}
+
+#[test]
+fn missing_entry_point_is_a_link_error() {
+    let rt = runtime("entry", HELLO, 2);
+    let mut req = request();
+    req.entry = Some("nope".into());
+    let e = rt.run(0, req).result.unwrap_err();
+    assert_eq!(e.code, Code::Link);
+    assert!(e.message.contains("nope"));
+}
+
+#[test]
+fn stdin_is_the_request_body() {
+    let rt = runtime(
+        "stdin",
+        r#"(func (export "_start") (local $n i32)
+             (i32.store (i32.const 16) (i32.const 1024))
+             (i32.store (i32.const 20) (i32.const 4096))
+             (drop (call $fd_read (i32.const 0) (i32.const 16) (i32.const 1) (i32.const 24)))
+             (drop (call $write (i32.const 1) (i32.const 1024) (i32.load (i32.const 24)))))"#,
+        2,
+    );
+    let mut req = request();
+    req.body = bytes::Bytes::from_static(b"request body bytes");
+    let o = rt.run(0, req);
+    o.result.unwrap();
+    assert_eq!(&o.stdout[..], b"request body bytes");
+}
+
+#[test]
+fn environment_is_exactly_what_was_given() {
+    let rt = runtime(
+        "env",
+        r#"(func (export "_start")
+             (drop (call $env_sizes (i32.const 16) (i32.const 20)))
+             (drop (call $env_get (i32.const 1024) (i32.const 2048)))
+             (drop (call $write (i32.const 1) (i32.const 2048) (i32.load (i32.const 20)))))"#,
+        2,
+    );
+    let mut req = request();
+    req.env = vec![("A".into(), "1".into()), ("B".into(), "two".into())];
+    let o = rt.run(0, req);
+    o.result.unwrap();
+    assert_eq!(&o.stdout[..], b"A=1\0B=two\0");
+}
+
+#[test]
+fn proc_exit_zero_is_success_and_nonzero_is_an_exit_error() {
+    let rt = runtime(
+        "exit",
+        r#"(global $code (mut i32) (i32.const 0))
+           (func (export "_start") (call $proc_exit (i32.const 0)))
+           (func (export "fail") (call $proc_exit (i32.const 7)))"#,
+        2,
+    );
+    let o = rt.run(0, request());
+    o.result.unwrap();
+    assert_eq!(o.exit_code, 0);
+    let mut req = request();
+    req.entry = Some("fail".into());
+    let o = rt.run(0, req);
+    let e = o.result.unwrap_err();
+    assert_eq!((e.code, o.exit_code), (Code::Exit, 7));
+    assert_eq!(e.code.http_status(), 500);
+}
+
+#[test]
+fn trap_fails_the_request_and_the_runtime_goes_on() {
+    let rt = runtime(
+        "trap",
+        &format!(r#"(func (export "boom") unreachable) {}"#, HELLO),
+        2,
+    );
+    let mut req = request();
+    req.entry = Some("boom".into());
+    let e = rt.run(0, req).result.unwrap_err();
+    assert_eq!(e.code, Code::Trap);
+    assert!(e.message.contains("unreachable"), "{}", e.message);
+    rt.run(0, request()).result.unwrap();
+}
+
+#[test]
+fn endless_loop_is_stopped_at_the_timeout() {
+    let rt = runtime("loop", r#"(func (export "_start") (loop $l (br $l)))"#, 2);
+    let mut req = request();
+    req.limits = Limits {
+        timeout: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let started = Instant::now();
+    let e = rt.run(0, req).result.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.code, Code::Timeout);
+    assert_eq!(e.code.http_status(), 504);
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn memory_growth_past_the_limit_fails_inside_the_guest() {
+    // Writes "ok" if growing by 16 pages (1 MiB) failed, "grew" otherwise.
+    let rt = runtime(
+        "grow",
+        r#"(data (i32.const 100) "okgrew")
+           (func (export "_start")
+             (if (i32.eq (memory.grow (i32.const 16)) (i32.const -1))
+               (then (drop (call $write (i32.const 1) (i32.const 100) (i32.const 2))))
+               (else (drop (call $write (i32.const 1) (i32.const 102) (i32.const 4))))))"#,
+        2,
+    );
+    let mut req = request();
+    req.limits.max_memory = 512 << 10;
+    let o = rt.run(0, req);
+    o.result.unwrap();
+    assert_eq!(&o.stdout[..], b"ok");
+    let o = rt.run(0, request());
+    assert_eq!(&o.stdout[..], b"grew");
+}
+
+#[test]
+fn stdout_past_the_limit_fails_the_request() {
+    let rt = runtime(
+        "flood",
+        r#"(func (export "_start") (loop $l (drop (call $write (i32.const 1) (i32.const 100) (i32.const 1000))) (br $l)))"#,
+        2,
+    );
+    let mut req = request();
+    req.limits.max_output = 10_000;
+    let started = Instant::now();
+    let o = rt.run(0, req);
+    let e = o.result.unwrap_err();
+    assert_eq!(e.code, Code::OutputLimit);
+    assert!(o.stdout.len() <= 10_000);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the guest was not stopped at the limit"
+    );
+}
+
+#[test]
+fn stderr_past_its_cap_is_truncated_not_fatal() {
+    let rt = runtime(
+        "noisy",
+        r#"(func (export "_start") (local $i i32)
+             (loop $l
+               (drop (call $write (i32.const 2) (i32.const 100) (i32.const 1000)))
+               (local.set $i (i32.add (local.get $i) (i32.const 1)))
+               (br_if $l (i32.lt_u (local.get $i) (i32.const 200)))))"#,
+        2,
+    );
+    let o = rt.run(0, request());
+    o.result.unwrap();
+    assert!(o.stderr_truncated);
+    assert_eq!(o.stderr.len(), wasm_runtime::request::MAX_STDERR);
+}
+
+#[test]
+fn a_full_pool_is_reported_as_exhausted() {
+    let rt = Arc::new(runtime(
+        "pool",
+        r#"(func (export "_start") (loop $l (br $l)))"#,
+        1,
+    ));
+    let busy = {
+        let rt = rt.clone();
+        std::thread::spawn(move || {
+            let mut req = request();
+            req.limits.timeout = Duration::from_millis(1500);
+            rt.run(0, req).result.unwrap_err().code
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let e = rt.run(0, request()).result.unwrap_err();
+    assert_eq!(e.code, Code::PoolExhausted);
+    assert_eq!(e.code.http_status(), 503);
+    assert!(e.message.contains("WasmPoolSlots"), "{}", e.message);
+    assert_eq!(busy.join().unwrap(), Code::Timeout);
+}
+
+#[test]
+fn many_threads_share_one_runtime() {
+    let rt = Arc::new(runtime("threads", HELLO, 5));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let rt = rt.clone();
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    let o = rt.run(0, request());
+                    o.result.unwrap();
+                    assert!(o.stdout.ends_with(b"hi"));
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+}

@@ -1,0 +1,159 @@
+//! Issue "Limits": no guest can hurt the server or another request.
+
+use std::time::{Duration, Instant};
+
+use e2e::apache::{configtest, Apache, Mpm, Options};
+use e2e::http::{get, Request};
+
+fn fault_site(extra: &str) -> String {
+    format!(
+        "<Location /fault>\n  SetHandler wasm-handler\n  WasmModule @GUESTS@/fault.wasm\n{extra}</Location>\n\
+         <Location /hello>\n  SetHandler wasm-handler\n  WasmModule @GUESTS@/hello.wasm\n</Location>\n"
+    )
+}
+
+fn limits_under(mpm: Mpm) {
+    let site = fault_site("  WasmTimeout 1\n  WasmMaxMemory 16M\n  WasmMaxOutput 64K\n");
+    let s = Apache::start_with(Options::new(&site).mpm(mpm));
+
+    let started = Instant::now();
+    let r = get(s.port, "/fault?loop");
+    let took = started.elapsed();
+    assert_eq!(r.status, 504, "{mpm:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{mpm:?}: {took:?}"
+    );
+    assert!(s.error_log().contains("WasmTimeout"), "{}", s.error_log());
+
+    let r = get(s.port, "/fault?alloc");
+    assert_eq!(r.status, 200, "{mpm:?}");
+    let mib: u64 = r
+        .text()
+        .trim()
+        .trim_start_matches("allocated ")
+        .trim_end_matches(" MiB")
+        .parse()
+        .unwrap();
+    assert!(
+        mib < 16,
+        "{mpm:?}: allocated {mib} MiB under WasmMaxMemory 16M"
+    );
+
+    let r = get(s.port, "/fault?output");
+    assert_eq!(r.status, 500, "{mpm:?}");
+    assert!(
+        r.body.len() < 64 << 10,
+        "{mpm:?}: part of an oversized response was sent"
+    );
+    assert!(s.error_log().contains("WasmMaxOutput"), "{}", s.error_log());
+
+    assert_eq!(get(s.port, "/hello").body, b"Hello, World!");
+    assert!(s.log_lines("exit signal").is_empty(), "{}", s.error_log());
+}
+
+#[test]
+fn limits_under_event() {
+    limits_under(Mpm::Event);
+}
+
+#[test]
+fn limits_under_worker() {
+    limits_under(Mpm::Worker);
+}
+
+#[test]
+fn limits_under_prefork() {
+    limits_under(Mpm::Prefork);
+}
+
+#[test]
+fn default_memory_limit_lets_the_guest_see_allocation_failure() {
+    let s = Apache::start(&fault_site(""));
+    let r = get(s.port, "/fault?alloc");
+    assert_eq!(r.status, 200);
+    let mib: u64 = r
+        .text()
+        .trim()
+        .trim_start_matches("allocated ")
+        .trim_end_matches(" MiB")
+        .parse()
+        .unwrap();
+    assert!(
+        (200..256).contains(&mib),
+        "allocated {mib} MiB under the 256M default"
+    );
+}
+
+#[test]
+fn a_full_pool_answers_503_and_names_the_limit() {
+    let site = format!("WasmPoolSlots 1\n{}", fault_site("  WasmTimeout 2\n"));
+    let s = Apache::start(&site);
+    let port = s.port;
+    let busy = std::thread::spawn(move || get(port, "/fault?loop").status);
+    std::thread::sleep(Duration::from_millis(500));
+    let r = get(s.port, "/hello");
+    assert_eq!(r.status, 503);
+    assert_eq!(busy.join().unwrap(), 504);
+    assert!(
+        s.error_log().contains("raise WasmPoolSlots"),
+        "{}",
+        s.error_log()
+    );
+    assert_eq!(get(s.port, "/hello").status, 200);
+}
+
+#[test]
+fn limits_are_inherited_and_overridden() {
+    let site = format!(
+        "{}<Location /fault/quick>\n  WasmTimeout 200ms\n</Location>\n",
+        fault_site("  WasmTimeout 3\n")
+    );
+    let s = Apache::start(&site);
+    let started = Instant::now();
+    assert_eq!(get(s.port, "/fault/quick?loop").status, 504);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn bad_limit_values_fail_configtest_naming_the_directive() {
+    for (directive, needle) in [
+        ("WasmTimeout abc", "WasmTimeout"),
+        ("WasmTimeout 0", "WasmTimeout"),
+        ("WasmMaxMemory 12Q", "WasmMaxMemory"),
+        ("WasmMaxMemory 1K", "WasmMaxMemory"),
+        ("WasmMaxOutput -5", "WasmMaxOutput"),
+        ("WasmPoolSlots none", "WasmPoolSlots"),
+    ] {
+        let (ok, out) = configtest(&Options::new(&format!("{directive}\n")));
+        assert!(!ok, "{directive} passed configtest");
+        assert!(
+            out.contains(needle) && out.contains("line "),
+            "{directive}: {out}"
+        );
+    }
+}
+
+#[test]
+fn stop_is_prompt_while_a_guest_loops() {
+    let mut s = Apache::start(&fault_site("  WasmTimeout 2\n"));
+    let port = s.port;
+    let looping = std::thread::spawn(move || {
+        Request::new("GET", "/fault?loop")
+            .send(port)
+            .map(|r| r.status)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    s.stop();
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "stop took {:?}",
+        started.elapsed()
+    );
+    let _ = looping.join();
+}
