@@ -61,6 +61,9 @@ typedef struct {
 static apr_array_header_t *wasm_modules;
 static const char *wasm_cache_dir;
 static int wasm_pool_slots;     /* WasmPoolSlots, 0: ThreadsPerChild + 1 */
+static apr_interval_time_t wasm_cache_max_age;  /* WasmCacheMaxAge */
+
+#define WASM_CACHE_MAX_AGE_DEFAULT apr_time_from_sec(24 * 3600)
 
 /* The child's runtime, created in child_init. Lives as long as the process:
  * worker threads may still be finishing requests while the child pool is
@@ -350,6 +353,22 @@ static const char *wasm_cmd_size(cmd_parms *cmd, void *dconf, const char *arg)
     return NULL;
 }
 
+static const char *wasm_cmd_cache_max_age(cmd_parms *cmd, void *dconf,
+                                          const char *arg)
+{
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+
+    if (err) {
+        return err;
+    }
+    if (ap_timeout_parameter_parse(arg, &wasm_cache_max_age, "s")
+            != APR_SUCCESS || wasm_cache_max_age < 0) {
+        return apr_psprintf(cmd->pool, "WasmCacheMaxAge: '%s' is not a time "
+                            "(seconds, or with a unit: 30mi, 24h)", arg);
+    }
+    return NULL;
+}
+
 static const char *wasm_cmd_pool_slots(cmd_parms *cmd, void *dconf,
                                        const char *arg)
 {
@@ -398,6 +417,9 @@ static const command_rec wasm_cmds[] = {
                   (void *)APR_OFFSETOF(wasm_dir_conf, max_output),
                   RSRC_CONF | ACCESS_CONF,
                   "most bytes one request may write to stdout (default 64M)"),
+    AP_INIT_TAKE1("WasmCacheMaxAge", wasm_cmd_cache_max_age, NULL, RSRC_CONF,
+                  "how long an unused compiled module stays cached "
+                  "(default 24h)"),
     AP_INIT_TAKE1("WasmPoolSlots", wasm_cmd_pool_slots, NULL, RSRC_CONF,
                   "instance slots per child (default ThreadsPerChild + 1)"),
     {NULL}
@@ -411,6 +433,7 @@ static int wasm_pre_config(apr_pool_t *pconf, apr_pool_t *plog,
     wasm_modules = apr_array_make(pconf, 4, sizeof(wasm_module_rec));
     wasm_cache_dir = NULL;
     wasm_pool_slots = 0;
+    wasm_cache_max_age = WASM_CACHE_MAX_AGE_DEFAULT;
     return OK;
 }
 
@@ -448,6 +471,34 @@ static int wasm_check_config(apr_pool_t *pconf, apr_pool_t *plog,
     return OK;
 }
 
+/* Removes cache entries this configuration does not use (see
+ * WasmCacheMaxAge). Not run by configtest, which must not change anything. */
+static void wasm_prune_cache(apr_pool_t *ptemp, server_rec *s)
+{
+    const char **keep = apr_palloc(ptemp, (wasm_modules->nelts + 1)
+                                              * sizeof(*keep));
+    char *error = NULL;
+    uint32_t removed = 0;
+    int i;
+
+    for (i = 0; i < wasm_modules->nelts; i++) {
+        keep[i] = APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec).cwasm;
+    }
+    if (wasm_rt_cache_prune(wasm_cache_dir, keep, wasm_modules->nelts,
+                            (uint64_t)apr_time_as_msec(wasm_cache_max_age),
+                            &removed, &error) != WASM_RT_OK) {
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, WASMLOGNO(00005)
+                     "cannot clean WasmCacheDir %s: %s", wasm_cache_dir,
+                     error ? error : "failed");
+        wasm_rt_string_free(error);
+    }
+    else if (removed) {
+        ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, WASMLOGNO(00006)
+                     "removed %u unused entries from %s", removed,
+                     wasm_cache_dir);
+    }
+}
+
 static int wasm_post_config(apr_pool_t *pconf, apr_pool_t *plog,
                             apr_pool_t *ptemp, server_rec *s)
 {
@@ -466,6 +517,7 @@ static int wasm_post_config(apr_pool_t *pconf, apr_pool_t *plog,
                          m->path, m->millis, m->cwasm);
         }
     }
+    wasm_prune_cache(ptemp, s);
     ap_add_version_component(pconf, "mod_wasm/0.1");
     return OK;
 }

@@ -99,6 +99,16 @@ int32_t wasm_rt_precompile(const char *wasm_path, const char *cache_dir,
                            uint64_t *millis, char **error);
 
 /*
+ * Removes the `.cwasm` entries of `cache_dir` that are not among the `n`
+ * paths `keep` and were last used more than `max_age_ms` ago, and temporary
+ * files of interrupted compilations; `*removed` receives the count. Does not
+ * create any Wasmtime state: safe in Apache's parent.
+ */
+int32_t wasm_rt_cache_prune(const char *cache_dir, const char *const *keep,
+                            size_t n, uint64_t max_age_ms, uint32_t *removed,
+                            char **error);
+
+/*
  * Parses a size with an optional K, M or G suffix (powers of 1024) into
  * `*out` bytes. Fails for 0, garbage and overflow, with a message.
  */

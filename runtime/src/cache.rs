@@ -14,7 +14,7 @@ use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::{Engine, Module};
@@ -25,6 +25,8 @@ use crate::host;
 
 /// Suffix of cache entries.
 pub const EXTENSION: &str = "cwasm";
+/// Marks temporary files: `<entry>.cwasm.tmp.<pid>`.
+const TEMP_MARK: &str = ".tmp.";
 
 /// What [`precompile`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +105,11 @@ pub fn precompile(wasm_path: &Path, cache_dir: &Path) -> Result<Compiled> {
     let engine = compile_engine()?;
     let cwasm = cache_dir.join(entry_name(&engine, wasm_path, &wasm));
     if cwasm.is_file() {
+        // The modification time records the last use, for `prune`.
+        let _ = fs::File::options()
+            .append(true)
+            .open(&cwasm)
+            .and_then(|f| f.set_modified(SystemTime::now()));
         return Ok(Compiled {
             cwasm,
             hit: true,
@@ -139,7 +146,7 @@ fn write_atomically(cache_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
         Error::new(Code::Io, format!("cannot {what} {}: {e}", path.display()))
     };
     fs::create_dir_all(cache_dir).map_err(|e| io("create cache directory", cache_dir, e))?;
-    let tmp = dest.with_extension(format!("tmp.{}", std::process::id()));
+    let tmp = dest.with_extension(format!("{EXTENSION}{TEMP_MARK}{}", std::process::id()));
     let result = (|| {
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -159,6 +166,59 @@ fn write_atomically(cache_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Temporary files older than this are leftovers of an interrupted compile.
+const TEMP_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// Removes cache entries in `cache_dir` that are not in `keep` and were last
+/// used (compiled or hit, see [`precompile`]) more than `max_age` ago, and
+/// temporary files left by interrupted compilations. Returns how many files
+/// were removed.
+///
+/// The age keeps servers that share a cache directory from removing each
+/// other's entries between a compile and the children's load. Removal is
+/// safe while children still run an old entry: a removed name does not unmap
+/// a file.
+///
+/// # Errors
+/// [`Code::Io`] when the directory cannot be read; files that cannot be
+/// removed are skipped.
+pub fn prune(cache_dir: &Path, keep: &[PathBuf], max_age: Duration) -> Result<usize> {
+    let entries = match fs::read_dir(cache_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => {
+            return Err(Error::new(
+                Code::Io,
+                format!("cannot read cache directory {}: {e}", cache_dir.display()),
+            ))
+        }
+    };
+    let now = SystemTime::now();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let limit = if name.ends_with(&format!(".{EXTENSION}")) && !keep.contains(&path) {
+            max_age
+        } else if name.contains(TEMP_MARK) {
+            TEMP_MAX_AGE
+        } else {
+            continue;
+        };
+        let age = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .unwrap_or_default();
+        if age >= limit && fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -199,6 +259,27 @@ mod tests {
         assert_ne!(third.cwasm, first.cwasm);
         let names: Vec<_> = fs::read_dir(d.join("cache")).unwrap().collect();
         assert_eq!(names.len(), 2, "no temporary files are left behind");
+    }
+
+    #[test]
+    fn prune_keeps_only_what_is_in_use() {
+        let d = tmpdir("prune");
+        let cache = d.join("cache");
+        let a = precompile(&wat(&d, "a.wasm", HELLO), &cache).unwrap().cwasm;
+        let b = precompile(&wat(&d, "b.wasm", &HELLO.replace("1)", "3)")), &cache)
+            .unwrap()
+            .cwasm;
+        let fresh_tmp = cache.join("x.cwasm.tmp.123");
+        fs::write(&fresh_tmp, b"partial").unwrap();
+        fs::write(cache.join("README"), b"not ours").unwrap();
+        let keep = std::slice::from_ref(&a);
+        // Recently used entries survive a long max age.
+        assert_eq!(prune(&cache, keep, Duration::from_secs(3600)).unwrap(), 0);
+        assert_eq!(prune(&cache, keep, Duration::ZERO).unwrap(), 1);
+        assert!(a.is_file() && !b.exists());
+        assert!(fresh_tmp.exists(), "a compile may still be writing it");
+        assert!(cache.join("README").exists());
+        assert_eq!(prune(&d.join("absent"), &[], Duration::ZERO).unwrap(), 0);
     }
 
     #[test]

@@ -225,6 +225,34 @@ pub unsafe extern "C" fn wasm_rt_precompile(
     unsafe { report(r, error) }
 }
 
+/// Removes unused cache entries; see [`crate::cache::prune`].
+///
+/// # Safety
+/// Pointers are NULL or valid as the header describes.
+#[no_mangle]
+pub unsafe extern "C" fn wasm_rt_cache_prune(
+    cache_dir: *const c_char,
+    keep: *const *const c_char,
+    n: usize,
+    max_age_ms: u64,
+    removed: *mut u32,
+    error: *mut *mut c_char,
+) -> i32 {
+    let r = guard("wasm_rt_cache_prune", || {
+        let dir = unsafe { c_path(cache_dir, "cache_dir") }?;
+        let keep = unsafe { c_array(keep, n, "keep") }?
+            .iter()
+            .map(|&p| unsafe { c_path(p, "kept entry") })
+            .collect::<Result<Vec<_>>>()?;
+        let count = crate::cache::prune(&dir, &keep, Duration::from_millis(max_age_ms))?;
+        if !removed.is_null() {
+            unsafe { *removed = u32::try_from(count).unwrap_or(u32::MAX) };
+        }
+        Ok(())
+    });
+    unsafe { report(r, error) }
+}
+
 /// Parses a size directive value ("64M").
 ///
 /// # Safety

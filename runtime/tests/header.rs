@@ -70,6 +70,12 @@ fn prototypes_match() {
                 as usize,
         ),
         (
+            "int32_t wasm_rt_cache_prune(const char *cache_dir, const char *const *keep, size_t n, uint64_t max_age_ms, uint32_t *removed, char **error);",
+            wasm_rt_cache_prune
+                as unsafe extern "C" fn(*const c_char, *const *const c_char, usize, u64, *mut u32, *mut *mut c_char) -> i32
+                as usize,
+        ),
+        (
             "int32_t wasm_rt_parse_size(const char *text, uint64_t *out, char **error);",
             wasm_rt_parse_size as unsafe extern "C" fn(*const c_char, *mut u64, *mut *mut c_char) -> i32 as usize,
         ),

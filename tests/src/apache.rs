@@ -170,6 +170,7 @@ pub fn write_config(dir: &Path, port: u16, opts: &Options) -> PathBuf {
 /// A running server, stopped when dropped.
 pub struct Apache {
     child: Child,
+    opts: Options,
     /// The loopback port it listens on.
     pub port: u16,
     /// Its directory (configuration, logs, document root).
@@ -204,7 +205,12 @@ impl Apache {
                 .stderr(fs::File::create(dir.join("stderr.log")).unwrap())
                 .spawn()
                 .expect("cannot run httpd");
-            let mut server = Apache { child, port, dir };
+            let mut server = Apache {
+                child,
+                opts: opts.clone(),
+                port,
+                dir,
+            };
             match server.wait_ready() {
                 Ok(()) => return server,
                 Err(why) => last = why,
@@ -264,6 +270,14 @@ impl Apache {
     /// generation is configured.
     pub fn graceful(&self) {
         self.signal_and_wait(libc::SIGUSR1);
+    }
+
+    /// Rewrites the configuration with `site` (same port, MPM and cache) and
+    /// restarts gracefully.
+    pub fn reconfigure(&mut self, site: &str) {
+        self.opts.site = site.to_string();
+        write_config(&self.dir, self.port, &self.opts);
+        self.graceful();
     }
 
     /// `apachectl -k restart`: SIGHUP to the parent.
