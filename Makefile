@@ -53,7 +53,7 @@ stop:
 	@scripts/demo stop
 
 test: deps all
-	$(CARGO) test --release --locked --workspace -- --test-threads=2
+	$(CARGO) test --release --locked --workspace --exclude mod_wasm_bench -- --test-threads=2
 
 unit:
 	$(CARGO) test --release --locked -p wasm_runtime

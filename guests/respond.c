@@ -36,10 +36,16 @@ int main(void)
         fputs("this is not a header\r\n\r\n", stdout);
     }
     else if (!strncmp(q, "big=", 4)) {
+        static char chunk[65520];
         long n = atol(q + 4);
+        for (int i = 0; i < (int)sizeof(chunk); i++) {
+            chunk[i] = 'a' + (char)(i % 26);
+        }
         fputs("Content-Type: application/octet-stream\r\n\r\n", stdout);
-        for (long i = 0; i < n; i++) {
-            putchar('a' + (int)(i % 26));
+        /* 65520 is a multiple of 26: the pattern runs on across chunks. */
+        for (long sent = 0; sent < n; sent += sizeof(chunk)) {
+            fwrite(chunk, 1, n - sent < (long)sizeof(chunk) ? (size_t)(n - sent)
+                                                           : sizeof(chunk), stdout);
         }
     }
     else {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::{Digest, Sha256};
 use wasmtime::{Engine, Module};
 
-use crate::engine::compile_engine;
+use crate::engine::{compile_engine, Flavor};
 use crate::error::{chain, Code, Error, Result};
 use crate::host;
 
@@ -95,6 +95,11 @@ fn entry_name(engine: &Engine, wasm_path: &Path, wasm: &[u8]) -> String {
 /// [`Code::Compile`] for invalid WebAssembly, [`Code::Link`] for imports
 /// mod_wasm does not provide.
 pub fn precompile(wasm_path: &Path, cache_dir: &Path) -> Result<Compiled> {
+    precompile_flavored(wasm_path, cache_dir, Flavor::default())
+}
+
+/// [`precompile`] for an engine variant (benchmarks).
+pub fn precompile_flavored(wasm_path: &Path, cache_dir: &Path, flavor: Flavor) -> Result<Compiled> {
     let started = Instant::now();
     let wasm = fs::read(wasm_path).map_err(|e| {
         Error::new(
@@ -102,7 +107,7 @@ pub fn precompile(wasm_path: &Path, cache_dir: &Path) -> Result<Compiled> {
             format!("cannot read {}: {e}", wasm_path.display()),
         )
     })?;
-    let engine = compile_engine()?;
+    let engine = compile_engine(flavor)?;
     let cwasm = cache_dir.join(entry_name(&engine, wasm_path, &wasm));
     if cwasm.is_file() {
         // The modification time records the last use, for `prune`.

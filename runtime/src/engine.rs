@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::error::{chain, Code, Error, Result};
 
@@ -19,11 +19,30 @@ use crate::error::{chain, Code, Error, Result};
 /// tick after its deadline; shorter ticks cost a wake-up per tick per child.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Engine variants. Production always uses the default (pooling and epochs
+/// on); the others exist so benchmarks can measure what each costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flavor {
+    /// Pooling allocator (true) or on-demand allocation (false).
+    pub pooling: bool,
+    /// Epoch interruption (true), which `WasmTimeout` needs.
+    pub epochs: bool,
+}
+
+impl Default for Flavor {
+    fn default() -> Self {
+        Flavor {
+            pooling: true,
+            epochs: true,
+        }
+    }
+}
+
 /// Settings every engine shares; they decide whether a `.cwasm` is usable.
-pub fn base_config() -> Config {
+pub fn base_config(flavor: Flavor) -> Config {
     let mut config = Config::new();
     // Epochs rather than fuel: a check at loop heads and calls, ~2% on C guests.
-    config.epoch_interruption(true);
+    config.epoch_interruption(flavor.epochs);
     // Interpreters built with exception handling (e.g. MicroPython) need it;
     // it costs nothing for modules that do not use it.
     config.wasm_exceptions(true);
@@ -36,8 +55,8 @@ pub fn base_config() -> Config {
 /// Creating it installs Wasmtime's signal handlers in the calling process, so
 /// it is only ever created in a short-lived compiler process (see
 /// `isolate.rs`) or in tests.
-pub fn compile_engine() -> Result<Engine> {
-    let mut config = base_config();
+pub fn compile_engine(flavor: Flavor) -> Result<Engine> {
+    let mut config = base_config(flavor);
     config.parallel_compilation(true);
     Engine::new(&config).map_err(|e| Error::new(Code::Internal, chain(&e)))
 }
@@ -76,8 +95,8 @@ impl PoolSize {
 const KEEP_RESIDENT: usize = 1 << 20;
 
 /// The engine a child process runs requests with: pooling allocator sized by
-/// `pool`, epoch interruption on.
-pub fn pooled_engine(pool: &PoolSize) -> Result<Engine> {
+/// `pool` (unless `flavor` says otherwise), epoch interruption on.
+pub fn runtime_engine(pool: &PoolSize, flavor: Flavor) -> Result<Engine> {
     let mut p = PoolingAllocationConfig::new();
     p.total_core_instances(pool.slots)
         .total_memories(pool.slots * pool.max_memories_per_module)
@@ -91,9 +110,14 @@ pub fn pooled_engine(pool: &PoolSize) -> Result<Engine> {
         .table_elements(pool.table_elements)
         .max_core_instance_size(pool.max_core_instance_size)
         .linear_memory_keep_resident(KEEP_RESIDENT)
-        .table_keep_resident(KEEP_RESIDENT);
-    let mut config = base_config();
-    config.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
+        .table_keep_resident(KEEP_RESIDENT)
+        // Where the kernel can tell which pages a request dirtied (Linux 6.7+),
+        // reset only those instead of the whole kept-resident prefix.
+        .pagemap_scan(Enabled::Auto);
+    let mut config = base_config(flavor);
+    if flavor.pooling {
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
+    }
     // Children never compile: a stray compilation must not spawn threads.
     config.parallel_compilation(false);
     Engine::new(&config).map_err(|e| {

@@ -138,8 +138,10 @@ impl Runtime {
             },
         );
         store.limiter(|h| &mut h.limits);
-        store.set_epoch_deadline(deadline_ticks(req.limits.timeout));
-        store.epoch_deadline_trap();
+        if self.epochs {
+            store.set_epoch_deadline(deadline_ticks(req.limits.timeout));
+            store.epoch_deadline_trap();
+        }
 
         let entry = req.entry.as_deref().unwrap_or("_start");
         let (result, exit_code) = match module.pre.instantiate(&mut store) {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use wasmtime::{Engine, InstancePre, Module};
 
-use crate::engine::{pooled_engine, PoolSize, Ticker};
+use crate::engine::{runtime_engine, Flavor, PoolSize, Ticker};
 use crate::error::{chain, Code, Error, Result};
 use crate::host::{self, Host};
 
@@ -33,7 +33,9 @@ pub struct Runtime {
     pub(crate) modules: Vec<Loaded>,
     /// Slots in the pool, for the message when it runs out.
     pub(crate) slots: u32,
-    _ticker: Ticker,
+    /// Whether epochs (and so timeouts) are on.
+    pub(crate) epochs: bool,
+    _ticker: Option<Ticker>,
 }
 
 impl Runtime {
@@ -45,9 +47,15 @@ impl Runtime {
     /// [`Code::Link`] when a module's imports cannot be satisfied,
     /// [`Code::Internal`] when the pool cannot be reserved.
     pub fn new(specs: &[ModuleSpec], slots: u32) -> Result<Runtime> {
+        Runtime::new_flavored(specs, slots, Flavor::default())
+    }
+
+    /// [`Runtime::new`] for an engine variant (benchmarks); modules must
+    /// have been compiled for the same variant.
+    pub fn new_flavored(specs: &[ModuleSpec], slots: u32, flavor: Flavor) -> Result<Runtime> {
         // Pool limits come from the modules themselves; loading them needs an
         // engine, so read them with a small probe engine first.
-        let probe = pooled_engine(&PoolSize::with_slots(1))?;
+        let probe = runtime_engine(&PoolSize::with_slots(1), flavor)?;
         let mut pool = PoolSize::with_slots(slots);
         for spec in specs {
             let module = load(&probe, spec)?;
@@ -59,7 +67,7 @@ impl Runtime {
             }
         }
         drop(probe);
-        let engine = pooled_engine(&pool)?;
+        let engine = runtime_engine(&pool, flavor)?;
         let linker = host::linker(&engine)?;
         let modules = specs
             .iter()
@@ -74,11 +82,16 @@ impl Runtime {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let ticker = Ticker::start(&engine)?;
+        let ticker = if flavor.epochs {
+            Some(Ticker::start(&engine)?)
+        } else {
+            None
+        };
         Ok(Runtime {
             engine,
             modules,
             slots: pool.slots,
+            epochs: flavor.epochs,
             _ticker: ticker,
         })
     }

@@ -1,0 +1,111 @@
+//! The runtime's hot path: Store from the pool + WASI context + instantiate
+//! + run + collect output, for the variants that matter, side by side.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use mod_wasm_bench::{request, runtime};
+use wasm_runtime::engine::Flavor;
+
+const ENV: usize = 22;
+
+fn hello_variants(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hello");
+    for (name, pooling, epochs) in [
+        ("pooled+epochs", true, true),
+        ("pooled", true, false),
+        ("ondemand+epochs", false, true),
+        ("ondemand", false, false),
+    ] {
+        let rt = runtime(&["hello"], 4, Flavor { pooling, epochs });
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let o = rt.run(0, request(ENV, "", Bytes::new()));
+                assert!(o.result.is_ok());
+                o
+            })
+        });
+    }
+    g.finish();
+}
+
+fn env_scaling(c: &mut Criterion) {
+    let rt = runtime(&["hello"], 4, Flavor::default());
+    let mut g = c.benchmark_group("env_vars");
+    for n in [10, 50, 200] {
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
+            b.iter(|| rt.run(0, request(n, "", Bytes::new())))
+        });
+    }
+    g.finish();
+}
+
+fn body_sizes(c: &mut Criterion) {
+    let rt = runtime(&["echo"], 4, Flavor::default());
+    let mut g = c.benchmark_group("request_body");
+    for size in [0usize, 64 << 10, 1 << 20] {
+        let body = Bytes::from(vec![b'x'; size]);
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
+            b.iter(|| {
+                let o = rt.run(0, request(ENV, "", body.clone()));
+                assert!(o.stdout.len() >= size);
+                o
+            })
+        });
+    }
+    g.finish();
+}
+
+fn response_sizes(c: &mut Criterion) {
+    let rt = runtime(&["respond"], 4, Flavor::default());
+    let mut g = c.benchmark_group("response_body");
+    for size in [13usize, 64 << 10, 1 << 20] {
+        let query = format!("big={size}");
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &query, |b, q| {
+            b.iter(|| rt.run(0, request(ENV, q, Bytes::new())))
+        });
+    }
+    g.finish();
+}
+
+/// Time per request with `threads` threads sharing one runtime.
+fn threads(c: &mut Criterion) {
+    let rt = Arc::new(runtime(&["hello"], 8, Flavor::default()));
+    let mut g = c.benchmark_group("threads");
+    for n in [1u64, 2] {
+        g.throughput(Throughput::Elements(1));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
+            b.iter_custom(|iters| {
+                let per = iters.div_ceil(n);
+                let start = Instant::now();
+                let workers: Vec<_> = (0..n)
+                    .map(|_| {
+                        let rt = rt.clone();
+                        std::thread::spawn(move || {
+                            for _ in 0..per {
+                                rt.run(0, request(ENV, "", Bytes::new()));
+                            }
+                        })
+                    })
+                    .collect();
+                for w in workers {
+                    w.join().unwrap();
+                }
+                // Wall time for `iters` requests spread over `n` threads.
+                start.elapsed().mul_f64(iters as f64 / (per * n) as f64)
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)).sample_size(30);
+    targets = hello_variants, env_scaling, body_sizes, response_sizes, threads
+}
+criterion_main!(benches);

@@ -1,0 +1,82 @@
+//! Shared set-up for the runtime benchmarks: guests built by `make all`,
+//! compiled into a cache for each engine variant, and CGI-like requests.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use wasm_runtime::cache::precompile_flavored;
+use wasm_runtime::engine::Flavor;
+use wasm_runtime::{ModuleSpec, Request, Runtime};
+
+/// A guest from `build/guests/`; run `make all` first.
+pub fn guest(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../build/guests")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} is missing: run `make all` first",
+        p.display()
+    );
+    p
+}
+
+/// A runtime with the given guests, for engine variant `flavor`.
+pub fn runtime(guests: &[&str], slots: u32, flavor: Flavor) -> Runtime {
+    let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../build/bench-cache");
+    let specs: Vec<_> = guests
+        .iter()
+        .map(|g| ModuleSpec {
+            cwasm: precompile_flavored(&guest(g), &cache, flavor)
+                .unwrap()
+                .cwasm,
+            name: g.to_string(),
+        })
+        .collect();
+    Runtime::new_flavored(&specs, slots, flavor).unwrap()
+}
+
+/// A request with `n_env` environment variables shaped like Apache's CGI
+/// variables, the query string `query`, and `body` as stdin.
+pub fn request(n_env: usize, query: &str, body: Bytes) -> Request {
+    let mut env: Vec<(String, String)> = [
+        ("GATEWAY_INTERFACE", "CGI/1.1"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("REQUEST_METHOD", "GET"),
+        ("QUERY_STRING", query),
+        ("REQUEST_URI", "/hello"),
+        ("SCRIPT_NAME", "/hello"),
+        ("PATH_INFO", ""),
+        ("SERVER_NAME", "127.0.0.1"),
+        ("SERVER_PORT", "8080"),
+        ("REMOTE_ADDR", "127.0.0.1"),
+        ("REMOTE_PORT", "53211"),
+        ("HTTP_HOST", "127.0.0.1:8080"),
+        ("HTTP_USER_AGENT", "wrk"),
+        ("HTTP_ACCEPT", "*/*"),
+        ("SERVER_SOFTWARE", "Apache/2.4.71 (Debian) mod_wasm/0.1"),
+        ("DOCUMENT_ROOT", "/var/www/html"),
+        ("REQUEST_SCHEME", "http"),
+        ("CONTEXT_PREFIX", ""),
+        ("SERVER_ADDR", "127.0.0.1"),
+        ("SERVER_ADMIN", "webmaster@localhost"),
+        ("SCRIPT_FILENAME", "/srv/wasm/hello.wasm"),
+        ("SERVER_SIGNATURE", ""),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.truncate(n_env);
+    while env.len() < n_env {
+        env.push((
+            format!("HTTP_X_EXTRA_{}", env.len()),
+            "some header value of moderate length".into(),
+        ));
+    }
+    Request {
+        args: vec!["guest.wasm".into()],
+        env,
+        body,
+        ..Request::default()
+    }
+}
