@@ -1,0 +1,47 @@
+/*
+ * mod_hello_native.c: the baseline for perf-scripts/compare. A native
+ * in-process handler ("hello-native") answering what guests/hello.c
+ * answers: "Hello, World!" as text/plain; with "?size=N", N bytes like
+ * guests/respond.c's "?big=N".
+ */
+#include "httpd.h"
+#include "http_config.h"
+#include "http_protocol.h"
+#include "apr_strings.h"
+
+static int hello_native_handler(request_rec *r)
+{
+    if (!r->handler || strcmp(r->handler, "hello-native") != 0) {
+        return DECLINED;
+    }
+    if (r->args && strncmp(r->args, "size=", 5) == 0) {
+        static char chunk[65520];
+        apr_off_t n = apr_atoi64(r->args + 5), sent;
+        int i;
+
+        for (i = 0; i < (int)sizeof(chunk); i++) {
+            chunk[i] = 'a' + (char)(i % 26);
+        }
+        ap_set_content_type(r, "application/octet-stream");
+        for (sent = 0; sent < n && !r->header_only; sent += sizeof(chunk)) {
+            ap_rwrite(chunk, n - sent < (apr_off_t)sizeof(chunk)
+                                 ? (int)(n - sent) : (int)sizeof(chunk), r);
+        }
+        return OK;
+    }
+    ap_set_content_type(r, "text/plain");
+    if (!r->header_only) {
+        ap_rputs("Hello, World!", r);
+    }
+    return OK;
+}
+
+static void hello_native_hooks(apr_pool_t *p)
+{
+    ap_hook_handler(hello_native_handler, NULL, NULL, APR_HOOK_MIDDLE);
+}
+
+AP_DECLARE_MODULE(hello_native) = {
+    STANDARD20_MODULE_STUFF, NULL, NULL, NULL, NULL, NULL, hello_native_hooks,
+    AP_MODULE_FLAG_NONE
+};
