@@ -718,10 +718,12 @@ static apr_status_t wasm_response_cleanup(void *resp)
 }
 
 /* Feeds Apache's CGI header scanner from the guest's stdout, a line at a
- * time, like its own brigade reader: CRs dropped, the LF consumed. */
+ * time, like its own brigade reader: CRs dropped, the LF consumed. The
+ * output comes in chunks and a line may span two. */
 typedef struct {
-    const char *pos;
-    const char *end;
+    const wasm_rt_chunk *chunk;  /* current chunk */
+    const wasm_rt_chunk *end;    /* one past the last chunk */
+    apr_size_t off;              /* read position in *chunk */
 } wasm_cursor;
 
 static int wasm_getsfunc(char *buf, int len, void *data)
@@ -729,12 +731,16 @@ static int wasm_getsfunc(char *buf, int len, void *data)
     wasm_cursor *c = data;
     char *dst = buf, *dst_end = buf + len - 1;
 
-    if (c->pos >= c->end) {
+    if (c->chunk == c->end) {
         *buf = '\0';
         return 0;
     }
-    while (c->pos < c->end && dst < dst_end) {
-        char ch = *c->pos++;
+    while (c->chunk != c->end && dst < dst_end) {
+        char ch = (char)c->chunk->data[c->off++];
+        if (c->off == c->chunk->len) {
+            c->chunk++;
+            c->off = 0;
+        }
         if (ch == '\n') {
             break;
         }
@@ -782,8 +788,9 @@ static int wasm_send_response(request_rec *r, const wasm_rt_response *resp,
     apr_bucket_brigade *bb;
     int ret;
 
-    cursor.pos = (const char *)resp->out;
-    cursor.end = cursor.pos + resp->out_len;
+    cursor.chunk = resp->out;
+    cursor.end = resp->out + resp->out_chunks;
+    cursor.off = 0;
     ret = ap_scan_script_header_err_core_ex(r, sbuf, wasm_getsfunc, &cursor,
                                             APLOG_MODULE_INDEX);
 
@@ -825,12 +832,14 @@ static int wasm_send_response(request_rec *r, const wasm_rt_response *resp,
     }
 
     bb = apr_brigade_create(r->pool, r->connection->bucket_alloc);
-    if (cursor.pos < cursor.end) {
-        /* No copy: the bytes stay in the runtime's buffer, which lives until
+    for (; cursor.chunk != cursor.end; cursor.chunk++, cursor.off = 0) {
+        /* No copy: the bytes stay in the runtime's buffers, which live until
          * the request pool is cleaned up; a pool bucket copies them out only
          * if a filter keeps them longer than that. */
         APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_pool_create(
-                                        cursor.pos, cursor.end - cursor.pos,
+                                        (const char *)cursor.chunk->data
+                                            + cursor.off,
+                                        cursor.chunk->len - cursor.off,
                                         r->pool, r->connection->bucket_alloc));
     }
     APR_BRIGADE_INSERT_TAIL(bb,

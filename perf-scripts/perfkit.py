@@ -156,16 +156,20 @@ WasmCacheDir {ROOT}/build/perf-cache
                 pass
         return total / tick
 
-    def child_rss_kib(self):
-        rss = []
+    def child_rss_by_pid(self):
+        """RSS in KiB of each child process, by PID."""
+        rss = {}
         for pid in self.pids()[1:]:
             try:
                 m = re.search(r"VmRSS:\s+(\d+)", (Path("/proc") / str(pid) / "status").read_text())
                 if m:
-                    rss.append(int(m.group(1)))
+                    rss[pid] = int(m.group(1))
             except OSError:
                 pass
         return rss
+
+    def child_rss_kib(self):
+        return list(self.child_rss_by_pid().values())
 
     def stop(self):
         if self.proc and self.proc.poll() is None:

@@ -68,14 +68,21 @@ typedef struct wasm_rt_request {
     uint64_t max_output;            /* bytes of stdout; 0: the runtime's default */
 } wasm_rt_request;
 
+/* A piece of output. */
+typedef struct wasm_rt_chunk {
+    const unsigned char *data;
+    size_t len;
+} wasm_rt_chunk;
+
 /* The result of one request, owned by the runtime until wasm_rt_response_free. */
 typedef struct wasm_rt_response {
     int32_t code;                   /* a wasm_rt_code */
     int32_t http_status;            /* 200 on success, else the status to answer */
     int32_t exit_code;              /* the guest's exit status, -1 if it did not exit */
     int32_t stderr_truncated;       /* 1 when stderr was cut at its limit */
-    const unsigned char *out;       /* the guest's stdout: a CGI response */
-    size_t out_len;
+    const wasm_rt_chunk *out;       /* the guest's stdout (a CGI response), */
+    size_t out_chunks;              /* in this many non-empty chunks, */
+    size_t out_len;                 /* this many bytes in all */
     const unsigned char *err;       /* the guest's stderr */
     size_t err_len;
     const char *message;            /* what went wrong; "" on success; never NULL */

@@ -91,8 +91,10 @@ impl PoolSize {
 
 /// Memory below this size is reset with `memset` rather than `madvise` when a
 /// slot is reused: measured on a prototype, 29 µs per hello request at 0 and
-/// 15 µs at 128 KiB and above.
-const KEEP_RESIDENT: usize = 1 << 20;
+/// 15 µs at 128 KiB and above. It is also what each used slot keeps resident
+/// for good: at 1 MiB, children grew by up to 1 MiB per slot as a soak test
+/// touched more slots (26 slots per child); 128 KiB bounds that.
+const KEEP_RESIDENT: usize = 128 << 10;
 
 /// The engine a child process runs requests with: pooling allocator sized by
 /// `pool` (unless `flavor` says otherwise), epoch interruption on.

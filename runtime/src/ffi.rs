@@ -17,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::error::{Code, Error, Result};
 use crate::isolate::precompile_isolated;
+use crate::pipe::Output;
 use crate::request::{Limits, Preopen, Request};
 use crate::runtime::{ModuleSpec, Runtime};
 
@@ -66,6 +67,15 @@ pub struct wasm_rt_request {
     pub max_output: u64,
 }
 
+/// See `wasm_rt_chunk` in the header.
+#[repr(C)]
+pub struct wasm_rt_chunk {
+    /// The bytes.
+    pub data: *const u8,
+    /// How many.
+    pub len: usize,
+}
+
 /// See `wasm_rt_response` in the header.
 #[repr(C)]
 pub struct wasm_rt_response {
@@ -77,8 +87,10 @@ pub struct wasm_rt_response {
     pub exit_code: i32,
     /// 1 when stderr was cut.
     pub stderr_truncated: i32,
-    /// stdout bytes.
-    pub out: *const u8,
+    /// stdout, in chunks.
+    pub out: *const wasm_rt_chunk,
+    /// Number of chunks.
+    pub out_chunks: usize,
     /// stdout length.
     pub out_len: usize,
     /// stderr bytes.
@@ -94,7 +106,8 @@ pub struct wasm_rt_response {
 #[repr(C)]
 struct ResponseBox {
     c: wasm_rt_response,
-    _stdout: Bytes,
+    _chunks: Vec<wasm_rt_chunk>,
+    _stdout: Output,
     _stderr: Bytes,
     _message: CString,
 }
@@ -432,7 +445,7 @@ unsafe fn request_from_c(req: &wasm_rt_request) -> Result<Request> {
 fn response(
     result: Result<()>,
     exit_code: i32,
-    stdout: Bytes,
+    stdout: Output,
     stderr: Bytes,
     stderr_truncated: bool,
 ) -> Box<ResponseBox> {
@@ -440,18 +453,30 @@ fn response(
         Ok(()) => (Code::Ok, CString::default()),
         Err(e) => (e.code, c_message(&e.message)),
     };
+    // The chunks point into `stdout`'s buffers, which do not move when the
+    // `Output` itself is moved into the box.
+    let chunks: Vec<wasm_rt_chunk> = stdout
+        .chunks()
+        .iter()
+        .map(|b| wasm_rt_chunk {
+            data: b.as_ptr(),
+            len: b.len(),
+        })
+        .collect();
     Box::new(ResponseBox {
         c: wasm_rt_response {
             code: code as i32,
             http_status: code.http_status(),
             exit_code,
             stderr_truncated: i32::from(stderr_truncated),
-            out: stdout.as_ptr(),
+            out: chunks.as_ptr(),
+            out_chunks: chunks.len(),
             out_len: stdout.len(),
             err: stderr.as_ptr(),
             err_len: stderr.len(),
             message: message.as_ptr(),
         },
+        _chunks: chunks,
         _stdout: stdout,
         _stderr: stderr,
         _message: message,
@@ -476,10 +501,10 @@ pub unsafe extern "C" fn wasm_rt_run(
                 unsafe { wasm_rt_body_free((*req).body) };
             }
             let e = Error::new(Code::InvalidArgument, "runtime or request is NULL");
-            return response(Err(e), -1, Bytes::new(), Bytes::new(), false);
+            return response(Err(e), -1, Output::default(), Bytes::new(), false);
         }
         match unsafe { request_from_c(&*req) } {
-            Err(e) => response(Err(e), -1, Bytes::new(), Bytes::new(), false),
+            Err(e) => response(Err(e), -1, Output::default(), Bytes::new(), false),
             Ok(request) => {
                 let o = unsafe { &*rt }.run(module, request);
                 response(
@@ -494,7 +519,7 @@ pub unsafe extern "C" fn wasm_rt_run(
     }))
     .unwrap_or_else(|_| {
         let e = Error::new(Code::Panic, "wasm_rt_run panicked");
-        response(Err(e), -1, Bytes::new(), Bytes::new(), false)
+        response(Err(e), -1, Output::default(), Bytes::new(), false)
     });
     let code = boxed.c.code;
     if out.is_null() {

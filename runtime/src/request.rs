@@ -13,7 +13,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 use crate::engine::deadline_ticks;
 use crate::error::{chain, Code, Error, Result};
 use crate::host::Host;
-use crate::pipe::{CappedPipe, Overflow};
+use crate::pipe::{CappedPipe, Output, Overflow};
 use crate::runtime::Runtime;
 
 /// Default of `WasmTimeout`.
@@ -83,7 +83,7 @@ pub struct Outcome {
     /// The guest's exit status (0 when it returned normally).
     pub exit_code: i32,
     /// Everything the guest wrote to stdout.
-    pub stdout: Bytes,
+    pub stdout: Output,
     /// What the guest wrote to stderr, up to [`MAX_STDERR`].
     pub stderr: Bytes,
     /// True when stderr was cut at [`MAX_STDERR`].
@@ -164,6 +164,8 @@ impl Runtime {
 
         let (stdout, stdout_over) = stdout.take();
         let (stderr, stderr_truncated) = stderr.take();
+        // stderr is small and read line by line: one buffer is simpler.
+        let stderr = stderr.to_bytes();
         let mut result = result;
         // The trap comes from inside a WASI call, so it surfaces as a plain
         // error; whatever the guest did after, its response is cut.
@@ -272,7 +274,7 @@ impl Outcome {
         Outcome {
             result: Err(e),
             exit_code: -1,
-            stdout: Bytes::new(),
+            stdout: Output::default(),
             stderr: Bytes::new(),
             stderr_truncated: false,
         }

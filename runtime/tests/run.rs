@@ -70,7 +70,10 @@ fn stdout_and_stderr_are_collected() {
     let o = rt.run(0, request());
     o.result.unwrap();
     assert_eq!(o.exit_code, 0);
-    assert_eq!(&o.stdout[..], b"Content-Type: text/plain\r\n\r\nhi");
+    assert_eq!(
+        &o.stdout.to_bytes()[..],
+        b"Content-Type: text/plain\r\n\r\nhi"
+    );
     assert_eq!(&o.stderr[..], b"oops\n");
     assert!(!o.stderr_truncated);
 }
@@ -109,7 +112,7 @@ fn stdin_is_the_request_body() {
     req.body = bytes::Bytes::from_static(b"request body bytes");
     let o = rt.run(0, req);
     o.result.unwrap();
-    assert_eq!(&o.stdout[..], b"request body bytes");
+    assert_eq!(&o.stdout.to_bytes()[..], b"request body bytes");
 }
 
 #[test]
@@ -126,7 +129,7 @@ fn environment_is_exactly_what_was_given() {
     req.env = vec![("A".into(), "1".into()), ("B".into(), "two".into())];
     let o = rt.run(0, req);
     o.result.unwrap();
-    assert_eq!(&o.stdout[..], b"A=1\0B=two\0");
+    assert_eq!(&o.stdout.to_bytes()[..], b"A=1\0B=two\0");
 }
 
 #[test]
@@ -199,9 +202,9 @@ fn memory_growth_past_the_limit_fails_inside_the_guest() {
     req.limits.max_memory = 512 << 10;
     let o = rt.run(0, req);
     o.result.unwrap();
-    assert_eq!(&o.stdout[..], b"ok");
+    assert_eq!(&o.stdout.to_bytes()[..], b"ok");
     let o = rt.run(0, request());
-    assert_eq!(&o.stdout[..], b"grew");
+    assert_eq!(&o.stdout.to_bytes()[..], b"grew");
 }
 
 #[test]
@@ -274,7 +277,7 @@ fn many_threads_share_one_runtime() {
                 for _ in 0..100 {
                     let o = rt.run(0, request());
                     o.result.unwrap();
-                    assert!(o.stdout.ends_with(b"hi"));
+                    assert!(o.stdout.to_bytes().ends_with(b"hi"));
                 }
             })
         })
