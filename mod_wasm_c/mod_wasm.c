@@ -33,10 +33,14 @@
 
 module AP_MODULE_DECLARE_DATA wasm_module;
 
-/* A distinct WasmModule file. One record per path per configuration pass,
- * however many sections name it, so it is compiled and loaded once. */
+/* A distinct WasmModule file (and way of linking it). One record per path
+ * per configuration pass, however many sections name it, so it is compiled
+ * and loaded once. */
 typedef struct {
     const char *path;        /* absolute path of the .wasm */
+    int trap_unknown;        /* WasmTrapUnknownImports On where it is set */
+    int refs;                /* sections using it; 0: nothing to load */
+    int rt_index;            /* its index in the child's runtime */
     const char *defined_at;  /* "file:line" of the first WasmModule naming it */
     const char *cwasm;       /* its cache entry, once check_config ran */
     int cache_hit;
@@ -54,6 +58,7 @@ typedef struct {
     apr_uint64_t timeout_ms;    /* WasmTimeout, 0: unset */
     apr_uint64_t max_memory;    /* WasmMaxMemory in bytes, 0: unset */
     apr_uint64_t max_output;    /* WasmMaxOutput in bytes, 0: unset */
+    int trap_unknown;           /* WasmTrapUnknownImports, -1: unset */
 } wasm_dir_conf;
 
 /* Configuration-pass state, allocated from pconf and reset in pre_config:
@@ -76,6 +81,7 @@ static void *wasm_create_dir_conf(apr_pool_t *p, char *dir)
 {
     wasm_dir_conf *conf = apr_pcalloc(p, sizeof(*conf));
     conf->module = -1;
+    conf->trap_unknown = -1;
     conf->env = apr_table_make(p, 4);
     return conf;
 }
@@ -134,6 +140,8 @@ static void *wasm_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     conf->timeout_ms = add->timeout_ms ? add->timeout_ms : base->timeout_ms;
     conf->max_memory = add->max_memory ? add->max_memory : base->max_memory;
     conf->max_output = add->max_output ? add->max_output : base->max_output;
+    conf->trap_unknown = add->trap_unknown >= 0 ? add->trap_unknown
+                                                : base->trap_unknown;
     return conf;
 }
 
@@ -156,6 +164,29 @@ static const char *wasm_enclosing_location(cmd_parms *cmd)
     return cmd->path;
 }
 
+/* The index of the record for (path, trap_unknown), created if new. */
+static int wasm_register_module(cmd_parms *cmd, const char *path,
+                                int trap_unknown)
+{
+    wasm_module_rec *m;
+    int i;
+
+    for (i = 0; i < wasm_modules->nelts; i++) {
+        m = &APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec);
+        if (!strcmp(m->path, path) && m->trap_unknown == trap_unknown) {
+            m->refs++;
+            return i;
+        }
+    }
+    m = apr_array_push(wasm_modules);
+    memset(m, 0, sizeof(*m));
+    m->path = path;
+    m->trap_unknown = trap_unknown;
+    m->refs = 1;
+    m->defined_at = wasm_where(cmd);
+    return wasm_modules->nelts - 1;
+}
+
 static const char *wasm_cmd_module(cmd_parms *cmd, void *dconf,
                                    const char *arg)
 {
@@ -166,7 +197,6 @@ static const char *wasm_cmd_module(cmd_parms *cmd, void *dconf,
     unsigned char magic[4];
     apr_size_t n = sizeof(magic);
     apr_status_t rv;
-    int i;
 
     if (!path) {
         return apr_psprintf(cmd->pool, "WasmModule: invalid path '%s'", arg);
@@ -193,20 +223,23 @@ static const char *wasm_cmd_module(cmd_parms *cmd, void *dconf,
                             "(no \\0asm header)", path);
     }
 
-    for (i = 0; i < wasm_modules->nelts; i++) {
-        if (!strcmp(APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec).path,
-                    path)) {
-            break;
-        }
-    }
-    if (i == wasm_modules->nelts) {
-        wasm_module_rec *m = apr_array_push(wasm_modules);
-        memset(m, 0, sizeof(*m));
-        m->path = path;
-        m->defined_at = wasm_where(cmd);
-    }
-    conf->module = i;
+    conf->module = wasm_register_module(cmd, path, conf->trap_unknown == 1);
     conf->location = wasm_enclosing_location(cmd);
+    return NULL;
+}
+
+/* Applies to the WasmModule of the same section, before or after it. */
+static const char *wasm_cmd_trap_unknown(cmd_parms *cmd, void *dconf, int on)
+{
+    wasm_dir_conf *conf = dconf;
+
+    conf->trap_unknown = on;
+    if (conf->module >= 0) {
+        wasm_module_rec *old = &APR_ARRAY_IDX(wasm_modules, conf->module,
+                                              wasm_module_rec);
+        old->refs--;
+        conf->module = wasm_register_module(cmd, old->path, on);
+    }
     return NULL;
 }
 
@@ -391,6 +424,10 @@ static const char *wasm_cmd_pool_slots(cmd_parms *cmd, void *dconf,
 static const command_rec wasm_cmds[] = {
     AP_INIT_TAKE1("WasmModule", wasm_cmd_module, NULL, RSRC_CONF | ACCESS_CONF,
                   "path of the WebAssembly (WASI command) module to run"),
+    AP_INIT_FLAG("WasmTrapUnknownImports", wasm_cmd_trap_unknown, NULL,
+                 RSRC_CONF | ACCESS_CONF,
+                 "On: link imports mod_wasm does not provide as functions "
+                 "that trap when called (default Off: refuse the module)"),
     AP_INIT_ITERATE("WasmArg", wasm_cmd_arg, NULL, RSRC_CONF | ACCESS_CONF,
                     "arguments passed to the module after argv[0]"),
     AP_INIT_TAKE2("WasmEnv", wasm_cmd_env, NULL, RSRC_CONF | ACCESS_CONF,
@@ -454,8 +491,13 @@ static int wasm_check_config(apr_pool_t *pconf, apr_pool_t *plog,
         char *cwasm = NULL, *error = NULL;
         int32_t hit = 0;
         uint64_t millis = 0;
-        int32_t rc = wasm_rt_precompile(m->path, wasm_cache_dir, &cwasm,
-                                        &hit, &millis, &error);
+        int32_t rc;
+
+        if (m->refs == 0) {
+            continue;
+        }
+        rc = wasm_rt_precompile(m->path, wasm_cache_dir, m->trap_unknown,
+                                &cwasm, &hit, &millis, &error);
         if (rc != WASM_RT_OK) {
             ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
                          WASMLOGNO(00001) "WasmModule %s (defined at %s): %s",
@@ -481,10 +523,15 @@ static void wasm_prune_cache(apr_pool_t *ptemp, server_rec *s)
     uint32_t removed = 0;
     int i;
 
+    int n = 0;
+
     for (i = 0; i < wasm_modules->nelts; i++) {
-        keep[i] = APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec).cwasm;
+        const char *cwasm = APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec).cwasm;
+        if (cwasm) {
+            keep[n++] = cwasm;
+        }
     }
-    if (wasm_rt_cache_prune(wasm_cache_dir, keep, wasm_modules->nelts,
+    if (wasm_rt_cache_prune(wasm_cache_dir, keep, n,
                             (uint64_t)apr_time_as_msec(wasm_cache_max_age),
                             &removed, &error) != WASM_RT_OK) {
         ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, WASMLOGNO(00005)
@@ -507,6 +554,9 @@ static int wasm_post_config(apr_pool_t *pconf, apr_pool_t *plog,
     /* The logs are open now: say what check_config did. */
     for (i = 0; i < wasm_modules->nelts; i++) {
         wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec);
+        if (!m->cwasm) {
+            continue;
+        }
         if (m->cache_hit) {
             ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, s, WASMLOGNO(00002)
                          "%s: cache hit, %s", m->path, m->cwasm);
@@ -525,7 +575,8 @@ static int wasm_post_config(apr_pool_t *pconf, apr_pool_t *plog,
 static void wasm_child_init(apr_pool_t *pchild, server_rec *s)
 {
     const char **paths, **names;
-    int threads = 1, slots, i, n = wasm_modules ? wasm_modules->nelts : 0;
+    int32_t *traps;
+    int threads = 1, slots, i, loaded, n = wasm_modules ? wasm_modules->nelts : 0;
     char *error = NULL;
 
     wasm_runtime = NULL;
@@ -542,15 +593,23 @@ static void wasm_child_init(apr_pool_t *pchild, server_rec *s)
     slots = wasm_pool_slots ? wasm_pool_slots : threads + 1;
     paths = apr_palloc(pchild, n * sizeof(*paths));
     names = apr_palloc(pchild, n * sizeof(*names));
-    for (i = 0; i < n; i++) {
+    traps = apr_palloc(pchild, n * sizeof(*traps));
+    for (i = 0, loaded = 0; i < n; i++) {
         wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec);
-        paths[i] = m->cwasm;
-        names[i] = m->path;
+        m->rt_index = -1;
+        if (!m->cwasm) {
+            continue;   /* replaced by a record with other link options */
+        }
+        m->rt_index = loaded;
+        paths[loaded] = m->cwasm;
+        names[loaded] = m->path;
+        traps[loaded] = m->trap_unknown;
+        loaded++;
     }
     /* The engine is created here, after Apache set up its signal handlers,
      * so that Wasmtime's trap handlers run first (and chain to Apache's for
      * faults that are not guest traps). */
-    if (wasm_rt_runtime_new(paths, names, n, (uint32_t)slots,
+    if (wasm_rt_runtime_new(paths, names, traps, loaded, (uint32_t)slots,
                             &wasm_runtime, &error) != WASM_RT_OK) {
         ap_log_error(APLOG_MARK, APLOG_CRIT, 0, s, WASMLOGNO(00004)
                      "cannot start the WebAssembly runtime in this child: %s",
@@ -854,6 +913,7 @@ static int wasm_send_response(request_rec *r, const wasm_rt_response *resp,
 static int wasm_handler(request_rec *r)
 {
     wasm_dir_conf *conf;
+    const wasm_module_rec *rec;
     const char *module_path;
     wasm_rt_request req;
     wasm_rt_response *resp = NULL;
@@ -870,8 +930,8 @@ static int wasm_handler(request_rec *r)
                       r->uri);
         return HTTP_INTERNAL_SERVER_ERROR;
     }
-    module_path = APR_ARRAY_IDX(wasm_modules, conf->module,
-                                wasm_module_rec).path;
+    rec = &APR_ARRAY_IDX(wasm_modules, conf->module, wasm_module_rec);
+    module_path = rec->path;
     if (!wasm_runtime) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, WASMLOGNO(00041)
                       "%s: the WebAssembly runtime did not start in this "
@@ -900,7 +960,7 @@ static int wasm_handler(request_rec *r)
     req.max_memory = conf->max_memory;
     req.max_output = conf->max_output;
 
-    wasm_rt_run(wasm_runtime, (size_t)conf->module, &req, &resp);
+    wasm_rt_run(wasm_runtime, (size_t)rec->rt_index, &req, &resp);
     if (!resp) {
         return HTTP_INTERNAL_SERVER_ERROR;
     }

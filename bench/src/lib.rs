@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use wasm_runtime::cache::precompile_flavored;
+use wasm_runtime::cache::{precompile_with, Options};
 use wasm_runtime::engine::Flavor;
 use wasm_runtime::{ModuleSpec, Request, Runtime};
 

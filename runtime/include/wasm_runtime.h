@@ -97,13 +97,16 @@ void wasm_rt_string_free(char *s);
 /*
  * Compiles `wasm_path` into `cache_dir` unless an up-to-date entry exists,
  * in a forked child process so that the caller (Apache's parent) keeps no
- * Wasmtime state, signal handlers or threads. On success `*cwasm_path`
- * receives the entry's path (free with wasm_rt_string_free), `*cache_hit`
- * 1 if nothing was compiled, `*millis` the time taken.
+ * Wasmtime state, signal handlers or threads, and checks that mod_wasm can
+ * link it (with `trap_unknown_imports`, imports it does not provide become
+ * functions that trap when called). On success `*cwasm_path` receives the
+ * entry's path (free with wasm_rt_string_free), `*cache_hit` 1 if nothing
+ * was compiled, `*millis` the time taken.
  */
 int32_t wasm_rt_precompile(const char *wasm_path, const char *cache_dir,
-                           char **cwasm_path, int32_t *cache_hit,
-                           uint64_t *millis, char **error);
+                           int32_t trap_unknown_imports, char **cwasm_path,
+                           int32_t *cache_hit, uint64_t *millis,
+                           char **error);
 
 /*
  * Removes the `.cwasm` entries of `cache_dir` that are not among the `n`
@@ -123,12 +126,14 @@ int32_t wasm_rt_parse_size(const char *text, uint64_t *out, char **error);
 
 /*
  * Creates the runtime of one child process: loads each of the `n` cache
- * entries `cwasm_paths` (named `names[i]` in log messages) into an engine
- * whose instance pool has `slots` slots (the most requests it can run at
- * once), and starts its epoch thread. Module i is index i in wasm_rt_run.
+ * entries `cwasm_paths` (named `names[i]` in log messages, linked with
+ * trapping stubs for unknown imports when `trap_unknown_imports[i]`) into an
+ * engine whose instance pool has `slots` slots (the most requests it can run
+ * at once), and starts its epoch thread. Module i is index i in wasm_rt_run.
  */
 int32_t wasm_rt_runtime_new(const char *const *cwasm_paths,
-                            const char *const *names, size_t n,
+                            const char *const *names,
+                            const int32_t *trap_unknown_imports, size_t n,
                             uint32_t slots, wasm_rt_runtime **out,
                             char **error);
 

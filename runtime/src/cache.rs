@@ -95,11 +95,21 @@ fn entry_name(engine: &Engine, wasm_path: &Path, wasm: &[u8]) -> String {
 /// [`Code::Compile`] for invalid WebAssembly, [`Code::Link`] for imports
 /// mod_wasm does not provide.
 pub fn precompile(wasm_path: &Path, cache_dir: &Path) -> Result<Compiled> {
-    precompile_flavored(wasm_path, cache_dir, Flavor::default())
+    precompile_with(wasm_path, cache_dir, &Options::default())
 }
 
-/// [`precompile`] for an engine variant (benchmarks).
-pub fn precompile_flavored(wasm_path: &Path, cache_dir: &Path, flavor: Flavor) -> Result<Compiled> {
+/// How a module is compiled and linked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Engine variant (benchmarks; production uses the default).
+    pub flavor: Flavor,
+    /// Link imports mod_wasm does not provide as functions that trap when
+    /// called (`WasmTrapUnknownImports On`), instead of refusing the module.
+    pub trap_unknown_imports: bool,
+}
+
+/// [`precompile`] with explicit options.
+pub fn precompile_with(wasm_path: &Path, cache_dir: &Path, opts: &Options) -> Result<Compiled> {
     let started = Instant::now();
     let wasm = fs::read(wasm_path).map_err(|e| {
         Error::new(
@@ -107,39 +117,53 @@ pub fn precompile_flavored(wasm_path: &Path, cache_dir: &Path, flavor: Flavor) -
             format!("cannot read {}: {e}", wasm_path.display()),
         )
     })?;
-    let engine = compile_engine(flavor)?;
+    let engine = compile_engine(opts.flavor)?;
     let cwasm = cache_dir.join(entry_name(&engine, wasm_path, &wasm));
-    if cwasm.is_file() {
-        // The modification time records the last use, for `prune`.
-        let _ = fs::File::options()
-            .append(true)
-            .open(&cwasm)
-            .and_then(|f| f.set_modified(SystemTime::now()));
-        return Ok(Compiled {
-            cwasm,
-            hit: true,
-            millis: started.elapsed().as_millis() as u64,
-        });
-    }
-    let module = Module::new(&engine, &wasm).map_err(|e| {
-        Error::new(
-            Code::Compile,
-            format!(
-                "{} is not a valid WebAssembly module: {}",
-                wasm_path.display(),
-                chain(&e)
-            ),
-        )
-    })?;
+    // A hit is loaded too: that checks the entry is intact and usable by
+    // this engine, and its imports are checked like a fresh compile's (the
+    // same module may be configured with different linking options).
+    // SAFETY: see `runtime::load`; entries are only written by this module.
+    let cached = cwasm
+        .is_file()
+        .then(|| unsafe { Module::deserialize_file(&engine, &cwasm) }.ok())
+        .flatten();
+    let hit = cached.is_some();
+    let module = match cached {
+        Some(module) => {
+            // The modification time records the last use, for `prune`.
+            let _ = fs::File::options()
+                .append(true)
+                .open(&cwasm)
+                .and_then(|f| f.set_modified(SystemTime::now()));
+            module
+        }
+        None => {
+            let module = Module::new(&engine, &wasm).map_err(|e| {
+                Error::new(
+                    Code::Compile,
+                    format!(
+                        "{} is not a valid WebAssembly module: {}",
+                        wasm_path.display(),
+                        chain(&e)
+                    ),
+                )
+            })?;
+            let bytes = module
+                .serialize()
+                .map_err(|e| Error::new(Code::Internal, chain(&e)))?;
+            write_atomically(cache_dir, &cwasm, &bytes)?;
+            module
+        }
+    };
     let linker = host::linker(&engine)?;
-    host::check_imports(&engine, &linker, &module)?;
-    let bytes = module
-        .serialize()
-        .map_err(|e| Error::new(Code::Internal, chain(&e)))?;
-    write_atomically(cache_dir, &cwasm, &bytes)?;
+    if opts.trap_unknown_imports {
+        host::check_linkable(&host::with_trapping_imports(linker, &module)?, &module)?;
+    } else {
+        host::check_imports(&engine, &linker, &module)?;
+    }
     Ok(Compiled {
         cwasm,
-        hit: false,
+        hit,
         millis: started.elapsed().as_millis() as u64,
     })
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::cache::Options;
 use crate::error::{Code, Error, Result};
 use crate::isolate::precompile_isolated;
 use crate::pipe::Output;
@@ -210,6 +211,7 @@ pub unsafe extern "C" fn wasm_rt_string_free(s: *mut c_char) {
 pub unsafe extern "C" fn wasm_rt_precompile(
     wasm_path: *const c_char,
     cache_dir: *const c_char,
+    trap_unknown_imports: i32,
     cwasm_path: *mut *mut c_char,
     cache_hit: *mut i32,
     millis: *mut u64,
@@ -221,7 +223,11 @@ pub unsafe extern "C" fn wasm_rt_precompile(
         if cwasm_path.is_null() {
             return Err(Error::new(Code::InvalidArgument, "cwasm_path is NULL"));
         }
-        let compiled = precompile_isolated(&wasm, &cache)?;
+        let opts = Options {
+            trap_unknown_imports: trap_unknown_imports != 0,
+            ..Options::default()
+        };
+        let compiled = precompile_isolated(&wasm, &cache, &opts)?;
         unsafe {
             *cwasm_path = CString::new(compiled.cwasm.as_os_str().as_bytes())
                 .map_err(|_| Error::new(Code::Internal, "cache path contains NUL"))?
@@ -295,6 +301,7 @@ pub unsafe extern "C" fn wasm_rt_parse_size(
 pub unsafe extern "C" fn wasm_rt_runtime_new(
     cwasm_paths: *const *const c_char,
     names: *const *const c_char,
+    trap_unknown_imports: *const i32,
     n: usize,
     slots: u32,
     out: *mut *mut wasm_rt_runtime,
@@ -306,13 +313,16 @@ pub unsafe extern "C" fn wasm_rt_runtime_new(
         }
         let paths = unsafe { c_array(cwasm_paths, n, "cwasm_paths") }?;
         let names = unsafe { c_array(names, n, "names") }?;
+        let traps = unsafe { c_array(trap_unknown_imports, n, "trap_unknown_imports") }?;
         let specs = paths
             .iter()
             .zip(names)
-            .map(|(&p, &name)| {
+            .zip(traps)
+            .map(|((&p, &name), &trap)| {
                 Ok(ModuleSpec {
                     cwasm: unsafe { c_path(p, "cwasm path") }?,
                     name: unsafe { c_text(name, "module name") }?,
+                    trap_unknown_imports: trap != 0,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

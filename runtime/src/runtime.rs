@@ -17,6 +17,8 @@ pub struct ModuleSpec {
     pub cwasm: PathBuf,
     /// How logs refer to the module (normally the `.wasm` path).
     pub name: String,
+    /// Link imports mod_wasm does not provide as trapping functions.
+    pub trap_unknown_imports: bool,
 }
 
 /// A module ready to instantiate.
@@ -73,6 +75,11 @@ impl Runtime {
             .iter()
             .map(|spec| {
                 let module = load(&engine, spec)?;
+                let linker = if spec.trap_unknown_imports {
+                    host::with_trapping_imports(linker.clone(), &module)?
+                } else {
+                    linker.clone()
+                };
                 let pre = linker
                     .instantiate_pre(&module)
                     .map_err(|e| Error::new(Code::Link, format!("{}: {}", spec.name, chain(&e))))?;

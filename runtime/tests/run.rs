@@ -43,6 +43,7 @@ fn runtime(name: &str, body: &str, slots: u32) -> Runtime {
         &[ModuleSpec {
             cwasm: compiled.cwasm,
             name: name.into(),
+            trap_unknown_imports: false,
         }],
         slots,
     )
