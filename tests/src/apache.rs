@@ -44,8 +44,8 @@ impl Mpm {
 pub struct Options {
     /// The MPM to load.
     pub mpm: Mpm,
-    /// Site configuration; `@GUESTS@` becomes the guests' directory and
-    /// `@DIR@` the server's own directory.
+    /// Site configuration; `@GUESTS@` becomes the guests' directory,
+    /// `@DIR@` the server's own directory and `@ROOT@` the repository.
     pub site: String,
     /// `WasmCacheDir`; `None` shares `build/test-cache` between tests.
     pub cache_dir: Option<PathBuf>,
@@ -147,12 +147,15 @@ pub fn write_config(dir: &Path, port: u16, opts: &Options) -> PathBuf {
             "@GUESTS@",
             &root().join("build/guests").display().to_string(),
         )
-        .replace("@DIR@", &dir.display().to_string());
+        .replace("@DIR@", &dir.display().to_string())
+        .replace("@ROOT@", &root().display().to_string());
     let conf = format!(
         "ServerRoot \"{dir}\"\nServerName 127.0.0.1\nListen 127.0.0.1:{port}\nPidFile {dir}/httpd.pid\n\
          ErrorLog {dir}/error.log\nLogLevel {level}\nDefaultRuntimeDir {dir}\n\
          LoadModule mpm_{mpm}_module {libexec}/mod_mpm_{mpm}.so\n\
          LoadModule authz_core_module {libexec}/mod_authz_core.so\n\
+         LoadModule mime_module {libexec}/mod_mime.so\nTypesConfig /dev/null\n\
+         LoadModule alias_module {libexec}/mod_alias.so\n\
          LoadModule wasm_module {module}\n{user}{tuning}GracefulShutdownTimeout 5\n\
          DocumentRoot {dir}/htdocs\nWasmCacheDir {cache}\n\n{site}\n",
         dir = dir.display(),
