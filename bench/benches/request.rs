@@ -103,9 +103,38 @@ fn threads(c: &mut Criterion) {
     g.finish();
 }
 
+/// The Python app (examples/python/app.py) through the runtime API alone,
+/// to set against the same request through Apache (perf-scripts/python).
+fn interpreters(c: &mut Criterion) {
+    let app = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/python");
+    let mut g = c.benchmark_group("python_app");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    for (name, guest, trap) in [
+        ("micropython", "micropython", true),
+        ("cpython", "python-3.12.0", false),
+    ] {
+        let rt = mod_wasm_bench::interpreter(guest, trap);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut req = request(ENV, "action=utf8", Bytes::new());
+                req.args.push("/app/app.py".into());
+                req.dirs = vec![wasm_runtime::Preopen {
+                    guest: "/app".into(),
+                    host: app.clone(),
+                    read_only: true,
+                }];
+                let o = rt.run(0, req);
+                assert!(o.result.is_ok(), "{:?}", o.result);
+                o
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)).sample_size(30);
-    targets = hello_variants, env_scaling, body_sizes, response_sizes, threads
+    targets = hello_variants, env_scaling, body_sizes, response_sizes, threads, interpreters
 }
 criterion_main!(benches);

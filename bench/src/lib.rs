@@ -27,13 +27,44 @@ pub fn runtime(guests: &[&str], slots: u32, flavor: Flavor) -> Runtime {
     let specs: Vec<_> = guests
         .iter()
         .map(|g| ModuleSpec {
-            cwasm: precompile_flavored(&guest(g), &cache, flavor)
-                .unwrap()
-                .cwasm,
+            cwasm: precompile_with(
+                &guest(g),
+                &cache,
+                &Options {
+                    flavor,
+                    ..Options::default()
+                },
+            )
+            .unwrap()
+            .cwasm,
             name: g.to_string(),
+            trap_unknown_imports: false,
         })
         .collect();
     Runtime::new_flavored(&specs, slots, flavor).unwrap()
+}
+
+/// A runtime with one interpreter from `build/interp/` (`make all` fetches
+/// them), optionally linking unknown imports as traps.
+pub fn interpreter(name: &str, trap_unknown_imports: bool) -> Runtime {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let wasm = root.join("build/interp").join(format!("{name}.wasm"));
+    assert!(
+        wasm.is_file(),
+        "{} is missing: run `make all` first",
+        wasm.display()
+    );
+    let opts = Options {
+        trap_unknown_imports,
+        ..Options::default()
+    };
+    let compiled = precompile_with(&wasm, &root.join("build/bench-cache"), &opts).unwrap();
+    let spec = ModuleSpec {
+        cwasm: compiled.cwasm,
+        name: name.into(),
+        trap_unknown_imports,
+    };
+    Runtime::new(&[spec], 4).unwrap()
 }
 
 /// A request with `n_env` environment variables shaped like Apache's CGI

@@ -149,12 +149,13 @@ mod tests {
 
     #[test]
     fn reply_round_trips() {
-        let ok = Ok(Compiled {
+        let compiled = Compiled {
             cwasm: PathBuf::from("/c/a b\nc.cwasm"),
             hit: true,
             millis: 12,
-        });
-        assert_eq!(decode(&encode(&ok)).unwrap().unwrap(), ok.unwrap());
+        };
+        let back = decode(&encode(&Ok(compiled.clone()))).unwrap().unwrap();
+        assert_eq!(back, compiled);
         let err: Result<Compiled> = Err(Error::new(Code::Link, "missing:\n env::a"));
         let back = decode(&encode(&err)).unwrap().unwrap_err();
         assert_eq!(back.code, Code::Link);
