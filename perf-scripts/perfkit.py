@@ -89,6 +89,7 @@ class Server:
         libexec = apxs("LIBEXECDIR")
         loads = "\n".join(f"LoadModule {m}_module {p if '/' in p else libexec + '/' + p}" for m, p in modules)
         user = "User www-data\nGroup www-data\n" if os.geteuid() == 0 else ""
+        extra_conf = os.environ.get("PERF_EXTRA_CONF", "").replace("\\n", "\n")
         conf = f"""ServerRoot "{self.dir}"
 ServerName 127.0.0.1
 Listen 127.0.0.1:{self.port}
@@ -101,6 +102,7 @@ LoadModule authz_core_module {libexec}/mod_authz_core.so
 {loads}
 {user}{MPM_TUNING[mpm]}
 KeepAlive On
+{extra_conf}
 MaxKeepAliveRequests 0
 # Static rows are measured without mmap (noted in the results).
 EnableMMAP Off
