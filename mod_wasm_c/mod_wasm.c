@@ -247,12 +247,6 @@ static const char *wasm_cmd_trap_unknown(cmd_parms *cmd, void *dconf, int on)
     return NULL;
 }
 
-static const char *wasm_cmd_script_arg(cmd_parms *cmd, void *dconf, int on)
-{
-    ((wasm_dir_conf *)dconf)->script_arg = on;
-    return NULL;
-}
-
 static const char *wasm_cmd_arg(cmd_parms *cmd, void *dconf, const char *arg)
 {
     wasm_dir_conf *conf = dconf;
@@ -333,13 +327,6 @@ static const char *wasm_cmd_map_dir(cmd_parms *cmd, void *dconf,
                             "absolute (or '.')", guest);
     }
     return wasm_add_dir(cmd, dconf, guest, host, *mode ? mode : NULL);
-}
-
-static const char *wasm_cmd_entry(cmd_parms *cmd, void *dconf,
-                                  const char *name)
-{
-    ((wasm_dir_conf *)dconf)->entry = name;
-    return NULL;
 }
 
 static const char *wasm_cmd_cache_dir(cmd_parms *cmd, void *dconf,
@@ -438,7 +425,8 @@ static const command_rec wasm_cmds[] = {
                  RSRC_CONF | ACCESS_CONF,
                  "On: link imports mod_wasm does not provide as functions "
                  "that trap when called (default Off: refuse the module)"),
-    AP_INIT_FLAG("WasmScriptArg", wasm_cmd_script_arg, NULL,
+    AP_INIT_FLAG("WasmScriptArg", ap_set_flag_slot,
+                 (void *)APR_OFFSETOF(wasm_dir_conf, script_arg),
                  RSRC_CONF | ACCESS_CONF,
                  "On: pass the requested file, as the guest sees it through "
                  "WasmDir/WasmMapDir, as the last argument (interpreters)"),
@@ -452,7 +440,8 @@ static const command_rec wasm_cmds[] = {
     AP_INIT_RAW_ARGS("WasmMapDir", wasm_cmd_map_dir, NULL,
                      RSRC_CONF | ACCESS_CONF,
                      "guest path, host directory, optionally 'ro' or 'rw'"),
-    AP_INIT_TAKE1("WasmEntryPoint", wasm_cmd_entry, NULL,
+    AP_INIT_TAKE1("WasmEntryPoint", ap_set_string_slot,
+                  (void *)APR_OFFSETOF(wasm_dir_conf, entry),
                   RSRC_CONF | ACCESS_CONF,
                   "exported function to call instead of _start"),
     AP_INIT_TAKE1("WasmCacheDir", wasm_cmd_cache_dir, NULL, RSRC_CONF,

@@ -12,6 +12,17 @@ fn fault_site(extra: &str) -> String {
     )
 }
 
+/// What the fault guest's "alloc" reports: "allocated N MiB".
+fn allocated_mib(r: &e2e::http::Response) -> u64 {
+    let text = r.text();
+    let n = text
+        .trim()
+        .trim_start_matches("allocated ")
+        .trim_end_matches(" MiB");
+    n.parse()
+        .unwrap_or_else(|_| panic!("unexpected answer: {text}"))
+}
+
 fn limits_under(mpm: Mpm) {
     let site = fault_site("  WasmTimeout 1\n  WasmMaxMemory 16M\n  WasmMaxOutput 64K\n");
     let s = Apache::start_with(Options::new(&site).mpm(mpm));
@@ -28,13 +39,7 @@ fn limits_under(mpm: Mpm) {
 
     let r = get(s.port, "/fault?alloc");
     assert_eq!(r.status, 200, "{mpm:?}");
-    let mib: u64 = r
-        .text()
-        .trim()
-        .trim_start_matches("allocated ")
-        .trim_end_matches(" MiB")
-        .parse()
-        .unwrap();
+    let mib = allocated_mib(&r);
     assert!(
         mib < 16,
         "{mpm:?}: allocated {mib} MiB under WasmMaxMemory 16M"
@@ -72,13 +77,7 @@ fn default_memory_limit_lets_the_guest_see_allocation_failure() {
     let s = Apache::start(&fault_site(""));
     let r = get(s.port, "/fault?alloc");
     assert_eq!(r.status, 200);
-    let mib: u64 = r
-        .text()
-        .trim()
-        .trim_start_matches("allocated ")
-        .trim_end_matches(" MiB")
-        .parse()
-        .unwrap();
+    let mib = allocated_mib(&r);
     assert!(
         (200..256).contains(&mib),
         "allocated {mib} MiB under the 256M default"
