@@ -199,7 +199,10 @@ pub extern "C" fn wasm_rt_version() -> *const c_char {
 #[no_mangle]
 pub unsafe extern "C" fn wasm_rt_string_free(s: *mut c_char) {
     if !s.is_null() {
-        drop(unsafe { CString::from_raw(s) });
+        let _ = guard("wasm_rt_string_free", || {
+            drop(unsafe { CString::from_raw(s) });
+            Ok(())
+        });
     }
 }
 
@@ -384,7 +387,10 @@ pub unsafe extern "C" fn wasm_rt_body_append(
 #[no_mangle]
 pub unsafe extern "C" fn wasm_rt_body_free(body: *mut wasm_rt_body) {
     if !body.is_null() {
-        drop(unsafe { Box::from_raw(body) });
+        let _ = guard("wasm_rt_body_free", || {
+            drop(unsafe { Box::from_raw(body) });
+            Ok(())
+        });
     }
 }
 
@@ -547,7 +553,10 @@ pub unsafe extern "C" fn wasm_rt_run(
 #[no_mangle]
 pub unsafe extern "C" fn wasm_rt_response_free(resp: *mut wasm_rt_response) {
     if !resp.is_null() {
-        // SAFETY: `c` is the first field of the repr(C) ResponseBox.
-        drop(unsafe { Box::from_raw(resp.cast::<ResponseBox>()) });
+        let _ = guard("wasm_rt_response_free", || {
+            // SAFETY: `c` is the first field of the repr(C) ResponseBox.
+            drop(unsafe { Box::from_raw(resp.cast::<ResponseBox>()) });
+            Ok(())
+        });
     }
 }
