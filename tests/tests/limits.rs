@@ -86,7 +86,11 @@ fn default_memory_limit_lets_the_guest_see_allocation_failure() {
 
 #[test]
 fn a_full_pool_answers_503_and_names_the_limit() {
-    let site = format!("WasmPoolSlots 1\n{}", fault_site("  WasmTimeout 2\n"));
+    // One child only, so that both requests meet the same pool.
+    let site = format!(
+        "ServerLimit 1\nMaxRequestWorkers 8\nWasmPoolSlots 1\n{}",
+        fault_site("  WasmTimeout 2\n")
+    );
     let s = Apache::start(&site);
     let port = s.port;
     let busy = std::thread::spawn(move || get(port, "/fault?loop").status);
