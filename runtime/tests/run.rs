@@ -15,6 +15,7 @@ const PRELUDE: &str = r#"
   (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
   (import "wasi_snapshot_preview1" "environ_sizes_get" (func $env_sizes (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "environ_get" (func $env_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_accept" (func $accept (param i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
   (func $write (param $fd i32) (param $ptr i32) (param $len i32) (result i32)
     (i32.store (i32.const 0) (local.get $ptr))
@@ -286,4 +287,26 @@ fn many_threads_share_one_runtime() {
     for w in workers {
         w.join().unwrap();
     }
+}
+
+#[test]
+fn a_guest_has_no_sockets() {
+    // WASI preview 1 can only use sockets it is given; mod_wasm gives none.
+    // Writes "refused" when accepting on every plausible descriptor fails.
+    let rt = runtime(
+        "sockets",
+        r#"(data (i32.const 100) "refusedaccepted")
+           (func (export "_start") (local $fd i32)
+             (local.set $fd (i32.const 0))
+             (loop $l
+               (if (i32.eqz (call $accept (local.get $fd) (i32.const 0) (i32.const 16)))
+                 (then (drop (call $write (i32.const 1) (i32.const 107) (i32.const 8))) (return)))
+               (local.set $fd (i32.add (local.get $fd) (i32.const 1)))
+               (br_if $l (i32.lt_u (local.get $fd) (i32.const 64))))
+             (drop (call $write (i32.const 1) (i32.const 100) (i32.const 7))))"#,
+        2,
+    );
+    let o = rt.run(0, request());
+    o.result.unwrap();
+    assert_eq!(&o.stdout.to_bytes()[..], b"refused");
 }
