@@ -118,7 +118,11 @@ WasmCacheDir {ROOT}/build/perf-cache
 
     def start(self):
         httpd = Path(apxs("SBINDIR")) / apxs("TARGET")
-        env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+        # As in production: no LD_LIBRARY_PATH, and no RUST_BACKTRACE, which
+        # makes every wasmtime::Error (a guest's proc_exit included) capture
+        # a backtrace. Developer machines often set it.
+        drop = {"LD_LIBRARY_PATH", "RUST_BACKTRACE", "RUST_LIB_BACKTRACE"}
+        env = {k: v for k, v in os.environ.items() if k not in drop}
         self.proc = subprocess.Popen([str(httpd), "-f", str(self.dir / "httpd.conf"), "-D", "FOREGROUND"],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=open(self.dir / "stderr.log", "w"), env=env, start_new_session=True)

@@ -21,8 +21,17 @@ pub fn guest(name: &str) -> PathBuf {
     p
 }
 
+/// Measures as production runs: `RUST_BACKTRACE` (often set on developer
+/// machines) makes every `wasmtime::Error`, a guest's `proc_exit` included,
+/// capture a backtrace. Must run before the first error is created.
+fn production_env() {
+    std::env::remove_var("RUST_BACKTRACE");
+    std::env::remove_var("RUST_LIB_BACKTRACE");
+}
+
 /// A runtime with the given guests, for engine variant `flavor`.
 pub fn runtime(guests: &[&str], slots: u32, flavor: Flavor) -> Runtime {
+    production_env();
     let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../build/bench-cache");
     let specs: Vec<_> = guests
         .iter()
@@ -47,6 +56,7 @@ pub fn runtime(guests: &[&str], slots: u32, flavor: Flavor) -> Runtime {
 /// A runtime with one interpreter from `build/interp/` (`make all` fetches
 /// them), optionally linking unknown imports as traps.
 pub fn interpreter(name: &str, trap_unknown_imports: bool) -> Runtime {
+    production_env();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let wasm = root.join("build/interp").join(format!("{name}.wasm"));
     assert!(
