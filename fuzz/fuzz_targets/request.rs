@@ -59,7 +59,7 @@ fuzz_target!(|input: Input| {
         0,
         Request {
             args: input.args,
-            env: input.env,
+            env: input.env.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
             body: bytes::Bytes::from(input.body),
             entry: input.entry,
             limits: Limits {

@@ -6,6 +6,7 @@
 
 #![allow(non_camel_case_types, reason = "names mirror the C header")]
 
+use std::borrow::Cow;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -171,7 +172,15 @@ unsafe fn c_path(p: *const c_char, what: &str) -> Result<PathBuf> {
 /// A text argument. WASI strings are UTF-8; header values may not be, so
 /// invalid sequences become U+FFFD rather than failing the request.
 unsafe fn c_text(p: *const c_char, what: &str) -> Result<String> {
-    Ok(unsafe { c_str(p, what) }?.to_string_lossy().into_owned())
+    Ok(unsafe { c_text_borrowed(p, what) }?.into_owned())
+}
+
+/// [`c_text`] without a copy when the bytes are valid UTF-8.
+///
+/// # Safety
+/// As [`c_str`]; the string must outlive `'a`.
+unsafe fn c_text_borrowed<'a>(p: *const c_char, what: &str) -> Result<Cow<'a, str>> {
+    Ok(unsafe { c_str(p, what) }?.to_string_lossy())
 }
 
 /// Borrows a C array of `n` elements; NULL is fine when `n` is 0.
@@ -395,7 +404,7 @@ pub unsafe extern "C" fn wasm_rt_body_free(body: *mut wasm_rt_body) {
 }
 
 /// Converts the C request into the runtime's, taking the body.
-unsafe fn request_from_c(req: &wasm_rt_request) -> Result<Request> {
+unsafe fn request_from_c<'a>(req: &'a wasm_rt_request) -> Result<Request<'a>> {
     let body = if req.body.is_null() {
         Bytes::new()
     } else {
@@ -411,8 +420,8 @@ unsafe fn request_from_c(req: &wasm_rt_request) -> Result<Request> {
         .iter()
         .zip(values)
         .map(|(&n, &v)| {
-            Ok((unsafe { c_text(n, "env name") }?, unsafe {
-                c_text(v, "env value")
+            Ok((unsafe { c_text_borrowed(n, "env name") }?, unsafe {
+                c_text_borrowed(v, "env value")
             }?))
         })
         .collect::<Result<Vec<_>>>()?;

@@ -2,6 +2,7 @@
 //! CGI environment, the guest run to completion or to a limit, and its
 //! output collected.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -58,12 +59,16 @@ impl Default for Limits {
 }
 
 /// Everything a guest gets for one request.
+///
+/// The environment may borrow: WASI copies it into the guest's context
+/// anyway, so the C boundary lends the server's strings instead of copying
+/// each variable twice on every request.
 #[derive(Debug, Clone, Default)]
-pub struct Request {
+pub struct Request<'a> {
     /// `argv`, including `argv[0]`.
     pub args: Vec<String>,
     /// The environment: exactly these variables, nothing from the host.
-    pub env: Vec<(String, String)>,
+    pub env: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     /// Preopened directories.
     pub dirs: Vec<Preopen>,
     /// Export to call; `_start` when `None`.
@@ -92,7 +97,7 @@ pub struct Outcome {
 
 impl Runtime {
     /// Runs module `index` for one request.
-    pub fn run(&self, index: usize, req: Request) -> Outcome {
+    pub fn run(&self, index: usize, req: Request<'_>) -> Outcome {
         let Some(module) = self.modules.get(index) else {
             return Outcome::failed(Error::new(
                 Code::InvalidArgument,

@@ -102,16 +102,6 @@ impl Runtime {
             _ticker: ticker,
         })
     }
-
-    /// Number of loaded modules; valid indices are `0..len()`.
-    pub fn len(&self) -> usize {
-        self.modules.len()
-    }
-
-    /// True when no module is loaded.
-    pub fn is_empty(&self) -> bool {
-        self.modules.is_empty()
-    }
 }
 
 fn load(engine: &Engine, spec: &ModuleSpec) -> Result<Module> {

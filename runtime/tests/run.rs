@@ -51,7 +51,7 @@ fn runtime(name: &str, body: &str, slots: u32) -> Runtime {
     .unwrap()
 }
 
-fn request() -> Request {
+fn request() -> Request<'static> {
     Request {
         args: vec!["guest.wasm".into()],
         ..Request::default()
