@@ -45,7 +45,10 @@ def build():
     subprocess.run(["make", "-s", "-C", str(ROOT), "all"], check=True, stdout=subprocess.DEVNULL)
     BUILD.mkdir(parents=True, exist_ok=True)
     here = ROOT / "perf-scripts"
-    subprocess.run(["apxs", "-c", "-o", "mod_hello_native.so", str(here / "mod_hello_native.c")],
+    # libtool writes its objects next to the source: compile a copy in the
+    # build folder so the source tree stays clean.
+    shutil.copy(here / "mod_hello_native.c", BUILD / "mod_hello_native.c")
+    subprocess.run(["apxs", "-c", "-o", "mod_hello_native.so", "mod_hello_native.c"],
                    cwd=BUILD, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shutil.copy(BUILD / ".libs" / "mod_hello_native.so", BUILD / "mod_hello_native.so")
     cgi = BUILD / "cgi-bin"

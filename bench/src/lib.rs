@@ -2,7 +2,7 @@
 //! compiled into a cache for each engine variant, and CGI-like requests.
 
 use std::borrow::Cow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use wasm_runtime::cache::{precompile_with, Options};
@@ -57,22 +57,34 @@ pub fn runtime(guests: &[&str], slots: u32, flavor: Flavor) -> Runtime {
 /// A runtime with one interpreter from `build/interp/` (`make all` fetches
 /// them), optionally linking unknown imports as traps.
 pub fn interpreter(name: &str, trap_unknown_imports: bool) -> Runtime {
-    production_env();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let wasm = root.join("build/interp").join(format!("{name}.wasm"));
+    let wasm = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../build/interp")
+        .join(format!("{name}.wasm"));
     assert!(
         wasm.is_file(),
         "{} is missing: run `make all` first",
         wasm.display()
     );
+    runtime_for(&wasm, trap_unknown_imports)
+}
+
+/// A production-flavoured runtime with the module at `wasm`, optionally
+/// linking unknown imports as traps.
+pub fn runtime_for(wasm: &Path, trap_unknown_imports: bool) -> Runtime {
+    production_env();
+    let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../build/bench-cache");
     let opts = Options {
         trap_unknown_imports,
         ..Options::default()
     };
-    let compiled = precompile_with(&wasm, &root.join("build/bench-cache"), &opts).unwrap();
+    let compiled = precompile_with(wasm, &cache, &opts).unwrap();
     let spec = ModuleSpec {
         cwasm: compiled.cwasm,
-        name: name.into(),
+        name: wasm
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into(),
         trap_unknown_imports,
     };
     Runtime::new(&[spec], 4).unwrap()

@@ -14,10 +14,11 @@ pub struct Host {
     pub limits: StoreLimits,
 }
 
-/// A linker that provides WASI preview 1 to guests.
+/// A linker that provides WASI preview 1 to guests (async bindings: a
+/// request runs as one future, see `request.rs`).
 pub fn linker(engine: &Engine) -> Result<Linker<Host>> {
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h: &mut Host| &mut h.wasi)
+    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |h: &mut Host| &mut h.wasi)
         .map_err(|e| Error::new(Code::Internal, chain(&e)))?;
     Ok(linker)
 }
