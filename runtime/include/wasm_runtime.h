@@ -36,7 +36,8 @@ typedef enum wasm_rt_code {
     WASM_RT_E_POOL_EXHAUSTED = 8,
     WASM_RT_E_OUTPUT_LIMIT = 9,
     WASM_RT_E_PANIC = 10,
-    WASM_RT_E_INTERNAL = 11
+    WASM_RT_E_INTERNAL = 11,
+    WASM_RT_E_MEMORY_LIMIT = 12
 } wasm_rt_code;
 
 /* The per-process runtime of an Apache child: pooled engine + modules. */

@@ -36,6 +36,8 @@ pub enum Code {
     Panic = 10,
     /// Anything else that went wrong inside the runtime.
     Internal = 11,
+    /// The module needs more memory to start than the request may use.
+    MemoryLimit = 12,
 }
 
 impl Code {
@@ -64,11 +66,12 @@ impl Code {
             Code::OutputLimit => "output limit exceeded",
             Code::Panic => "panic",
             Code::Internal => "internal error",
+            Code::MemoryLimit => "memory limit too low",
         }
     }
 
     /// Every code, in ABI order (used to check the header stays in sync).
-    pub const ALL: [Code; 12] = [
+    pub const ALL: [Code; 13] = [
         Code::Ok,
         Code::InvalidArgument,
         Code::Io,
@@ -81,6 +84,7 @@ impl Code {
         Code::OutputLimit,
         Code::Panic,
         Code::Internal,
+        Code::MemoryLimit,
     ];
 }
 

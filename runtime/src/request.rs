@@ -105,6 +105,19 @@ impl Runtime {
                 format!("no module with index {index}"),
             ));
         };
+        if module.min_memory > req.limits.max_memory as u64 {
+            // Instantiation would fail on every request: say why, and what to change.
+            return Outcome::failed(Error::new(
+                Code::MemoryLimit,
+                format!(
+                    "{}: its memory starts at {}, more than WasmMaxMemory ({}) allows; \
+                     raise WasmMaxMemory where this module is configured",
+                    module.name,
+                    human_size(module.min_memory),
+                    human_size(req.limits.max_memory as u64)
+                ),
+            ));
+        }
         let stdout = CappedPipe::new(req.limits.max_output, Overflow::Trap);
         let stderr = CappedPipe::new(MAX_STDERR, Overflow::Truncate);
         let mut wasi = WasiCtxBuilder::new();
@@ -224,6 +237,16 @@ impl Runtime {
                 format!("{name}: instantiation failed: {}", chain(&e)),
             ),
         }
+    }
+}
+
+/// `bytes` in the unit an operator would write in a directive.
+fn human_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} bytes"),
     }
 }
 

@@ -27,6 +27,8 @@ pub struct Loaded {
     pub name: String,
     /// Imports resolved once; instantiating from it is a table copy.
     pub pre: InstancePre<Host>,
+    /// Bytes of linear memory the module starts with.
+    pub min_memory: u64,
 }
 
 /// Everything a child process needs to run requests.
@@ -83,9 +85,11 @@ impl Runtime {
                 let pre = linker
                     .instantiate_pre(&module)
                     .map_err(|e| Error::new(Code::Link, format!("{}: {}", spec.name, chain(&e))))?;
+                let pages = module.resources_required().max_initial_memory_size;
                 Ok(Loaded {
                     name: spec.name.clone(),
                     pre,
+                    min_memory: pages.unwrap_or(0).saturating_mul(WASM_PAGE),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -103,6 +107,9 @@ impl Runtime {
         })
     }
 }
+
+/// Size of a WebAssembly memory page.
+const WASM_PAGE: u64 = 64 << 10;
 
 fn load(engine: &Engine, spec: &ModuleSpec) -> Result<Module> {
     // SAFETY: cache entries are written by `cache::precompile` into a

@@ -310,3 +310,19 @@ fn a_guest_has_no_sockets() {
     o.result.unwrap();
     assert_eq!(&o.stdout.to_bytes()[..], b"refused");
 }
+
+#[test]
+fn a_module_whose_memory_starts_above_the_limit_is_told_so() {
+    // The prelude's memory starts at one page (64 KiB).
+    let rt = runtime("bigstart", r#"(func (export "_start"))"#, 2);
+    let mut req = request();
+    req.limits.max_memory = 32 << 10;
+    let e = rt.run(0, req).result.unwrap_err();
+    assert_eq!(e.code, Code::MemoryLimit, "{}", e.message);
+    assert!(
+        e.message.contains("64 KiB") && e.message.contains("WasmMaxMemory"),
+        "{}",
+        e.message
+    );
+    rt.run(0, request()).result.unwrap();
+}

@@ -107,6 +107,23 @@ fn a_full_pool_answers_503_and_names_the_limit() {
 }
 
 #[test]
+fn a_module_that_cannot_start_within_its_memory_limit_is_named() {
+    // hello's memory starts at 128 KiB.
+    let site = format!(
+        "{}<Location /hello/small>\n  WasmMaxMemory 64K\n</Location>\n",
+        fault_site("")
+    );
+    let s = Apache::start(&site);
+    assert_eq!(get(s.port, "/hello/small").status, 500);
+    let log = s.error_log();
+    assert!(
+        log.contains("hello.wasm: its memory starts at 128 KiB, more than WasmMaxMemory (64 KiB) allows"),
+        "{log}"
+    );
+    assert_eq!(get(s.port, "/hello").status, 200);
+}
+
+#[test]
 fn limits_are_inherited_and_overridden() {
     let site = format!(
         "{}<Location /fault/quick>\n  WasmTimeout 200ms\n</Location>\n",
