@@ -8,26 +8,32 @@
 //!   valgrind --tool=callgrind target/release/examples/api_requests build/guests/hello.wasm 2000
 //!
 //! Options after the count: `--trap` (WasmTrapUnknownImports On), `--arg A`
-//! (WasmArg), `--dir GUEST=HOST` (read-only WasmMapDir), `--query Q`.
+//! (WasmArg), `--dir GUEST=HOST` (read-only WasmMapDir), `--query Q`,
+//! `--threads N` (N threads share the runtime, each runs COUNT requests),
+//! `--slots N` (instance slots, default 4; Apache's default is ThreadsPerChild + 1).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use bytes::Bytes;
-use mod_wasm_bench::{request, runtime_for};
+use mod_wasm_bench::{request, runtime_with_slots};
 use wasm_runtime::Preopen;
 
 fn main() {
     let mut argv = std::env::args().skip(1);
-    let usage = "usage: api_requests MODULE.wasm COUNT [--trap] [--arg A] [--dir G=H] [--query Q]";
+    let usage = "usage: api_requests MODULE.wasm COUNT [--trap] [--arg A] [--dir G=H] [--query Q] [--threads N] [--slots N]";
     let module = PathBuf::from(argv.next().expect(usage));
     let count: usize = argv.next().and_then(|n| n.parse().ok()).expect(usage);
     let (mut trap, mut args, mut dirs, mut query) = (false, vec![], vec![], String::new());
+    let mut threads = 1usize;
+    let mut slots = 4u32;
     while let Some(flag) = argv.next() {
         match flag.as_str() {
             "--trap" => trap = true,
             "--arg" => args.push(argv.next().expect(usage)),
             "--query" => query = argv.next().expect(usage),
+            "--slots" => slots = argv.next().and_then(|n| n.parse().ok()).expect(usage),
+            "--threads" => threads = argv.next().and_then(|n| n.parse().ok()).expect(usage),
             "--dir" => {
                 let spec = argv.next().expect(usage);
                 let (guest, host) = spec.split_once('=').expect(usage);
@@ -40,7 +46,7 @@ fn main() {
             _ => panic!("{usage}"),
         }
     }
-    let rt = runtime_for(&module, trap);
+    let rt = runtime_with_slots(&module, trap, slots);
     let one = || {
         let mut req = request(22, &query, Bytes::new());
         req.args.extend(args.iter().cloned());
@@ -52,20 +58,37 @@ fn main() {
     for _ in 0..count.div_ceil(10).min(100) {
         one();
     }
-    let mut times: Vec<f64> = (0..count)
-        .map(|_| {
-            let t = Instant::now();
-            one();
-            t.elapsed().as_secs_f64() * 1e6
-        })
-        .collect();
+    let started = Instant::now();
+    let mut times: Vec<f64> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..count)
+                        .map(|_| {
+                            let t = Instant::now();
+                            one();
+                            t.elapsed().as_secs_f64() * 1e6
+                        })
+                        .collect::<Vec<f64>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let wall = started.elapsed().as_secs_f64();
+    let n = times.len();
     times.sort_by(f64::total_cmp);
-    let mean = times.iter().sum::<f64>() / count as f64;
+    let mean = times.iter().sum::<f64>() / n as f64;
     println!(
-        "{} requests: p50 {:.2} µs, mean {:.2} µs, p99 {:.2} µs",
-        count,
-        times[count / 2],
+        "{} requests on {} thread(s): p50 {:.2} µs, mean {:.2} µs, p99 {:.2} µs, {:.0} requests/s",
+        n,
+        threads,
+        times[n / 2],
         mean,
-        times[count * 99 / 100]
+        times[n * 99 / 100],
+        n as f64 / wall
     );
 }

@@ -71,6 +71,11 @@ pub fn interpreter(name: &str, trap_unknown_imports: bool) -> Runtime {
 /// A production-flavoured runtime with the module at `wasm`, optionally
 /// linking unknown imports as traps.
 pub fn runtime_for(wasm: &Path, trap_unknown_imports: bool) -> Runtime {
+    runtime_with_slots(wasm, trap_unknown_imports, 4)
+}
+
+/// [`runtime_for`] with `slots` instance slots.
+pub fn runtime_with_slots(wasm: &Path, trap_unknown_imports: bool, slots: u32) -> Runtime {
     production_env();
     let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../build/bench-cache");
     let opts = Options {
@@ -87,7 +92,7 @@ pub fn runtime_for(wasm: &Path, trap_unknown_imports: bool) -> Runtime {
             .into(),
         trap_unknown_imports,
     };
-    Runtime::new(&[spec], 4).unwrap()
+    Runtime::new(&[spec], slots).unwrap()
 }
 
 /// A request with `n_env` environment variables shaped like Apache's CGI

@@ -117,7 +117,9 @@ fn a_module_that_cannot_start_within_its_memory_limit_is_named() {
     assert_eq!(get(s.port, "/hello/small").status, 500);
     let log = s.error_log();
     assert!(
-        log.contains("hello.wasm: its memory starts at 128 KiB, more than WasmMaxMemory (64 KiB) allows"),
+        log.contains(
+            "hello.wasm: its memory starts at 128 KiB, more than WasmMaxMemory (64 KiB) allows"
+        ),
         "{log}"
     );
     assert_eq!(get(s.port, "/hello").status, 200);
