@@ -2,12 +2,31 @@
  * mod_hello_native.c: the baseline for perf-scripts/compare. A native
  * in-process handler ("hello-native") answering what guests/hello.c
  * answers: "Hello, World!" as text/plain; with "?size=N", N bytes like
- * guests/respond.c's "?big=N".
+ * guests/respond.c's "?big=N"; with "?work=N", after about N microseconds
+ * of CPU work over a 1 MiB buffer (the baseline for how much Apache and the
+ * scheduler stretch a request that computes for that long, such as an
+ * interpreter's).
  */
 #include "httpd.h"
 #include "http_config.h"
 #include "http_protocol.h"
 #include "apr_strings.h"
+#include "apr_time.h"
+
+/* Writes through a 1 MiB buffer until `us` microseconds have passed. */
+static void work_for(apr_int64_t us)
+{
+    static char buf[1 << 20];
+    apr_time_t end = apr_time_now() + us;
+    unsigned i = 0;
+
+    while (apr_time_now() < end) {
+        int j;
+        for (j = 0; j < 4096; j++, i += 4099) {
+            buf[i % sizeof(buf)] += (char)i;
+        }
+    }
+}
 
 static int hello_native_handler(request_rec *r)
 {
@@ -34,6 +53,9 @@ static int hello_native_handler(request_rec *r)
                                  ? (int)(n - sent) : (int)sizeof(chunk), r);
         }
         return OK;
+    }
+    if (r->args && strncmp(r->args, "work=", 5) == 0) {
+        work_for(apr_atoi64(r->args + 5));
     }
     ap_set_content_type(r, "text/plain");
     if (!r->header_only) {
