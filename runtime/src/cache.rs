@@ -22,6 +22,7 @@ use wasmtime::{Engine, Module};
 use crate::engine::{compile_engine, Flavor};
 use crate::error::{chain, Code, Error, Result};
 use crate::host;
+use crate::runtime::{ModuleSpec, Runtime};
 
 /// Suffix of cache entries.
 pub const EXTENSION: &str = "cwasm";
@@ -161,6 +162,23 @@ pub fn precompile_with(wasm_path: &Path, cache_dir: &Path, opts: &Options) -> Re
     } else {
         host::check_imports(&engine, &linker, &module)?;
     }
+    // What a child will do with it, with one slot: a module too big for the
+    // instance pool fails here, at configtest, rather than in every child.
+    let spec = ModuleSpec {
+        cwasm: cwasm.clone(),
+        name: wasm_path.display().to_string(),
+        trap_unknown_imports: opts.trap_unknown_imports,
+    };
+    Runtime::new_flavored(&[spec], 1, opts.flavor).map_err(|e| {
+        Error::new(
+            e.code,
+            format!(
+                "{} does not fit the instance pool: {}",
+                wasm_path.display(),
+                e.message
+            ),
+        )
+    })?;
     Ok(Compiled {
         cwasm,
         hit,

@@ -82,12 +82,31 @@ impl PoolSize {
         PoolSize {
             slots: slots.max(1),
             table_elements: 20_000,
-            max_core_instance_size: 1 << 20,
+            max_core_instance_size: MAX_INSTANCE_SIZE,
             max_memories_per_module: 1,
             max_tables_per_module: 1,
         }
     }
+
+    /// A one-slot pool roomy enough to load any module a child would accept,
+    /// so that its needs can be read before the real pool is sized.
+    pub fn probe() -> Self {
+        PoolSize {
+            slots: 1,
+            // A table slot is reserved address space: 8 MiB here, once.
+            table_elements: 1 << 20,
+            max_core_instance_size: MAX_INSTANCE_SIZE,
+            max_memories_per_module: 4,
+            max_tables_per_module: 16,
+        }
+    }
 }
+
+/// Most instance metadata (`vmctx`: functions, globals, tables, memories)
+/// one instance may have. A bound, not a reservation: the metadata is
+/// allocated at its real size. CPython 3.12 needs far less than 1 MiB; a
+/// module over this fails `configtest` with Wasmtime's breakdown of its needs.
+const MAX_INSTANCE_SIZE: usize = 16 << 20;
 
 /// Memory below this size is reset with `memset` rather than `madvise` when a
 /// slot is reused: measured on a prototype, 29 µs per hello request at 0 and

@@ -59,7 +59,7 @@ impl Runtime {
     pub fn new_flavored(specs: &[ModuleSpec], slots: u32, flavor: Flavor) -> Result<Runtime> {
         // Pool limits come from the modules themselves; loading them needs an
         // engine, so read them with a small probe engine first.
-        let probe = runtime_engine(&PoolSize::with_slots(1), flavor)?;
+        let probe = runtime_engine(&PoolSize::probe(), flavor)?;
         let mut pool = PoolSize::with_slots(slots);
         for spec in specs {
             let module = load(&probe, spec)?;

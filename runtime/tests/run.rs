@@ -326,3 +326,19 @@ fn a_module_whose_memory_starts_above_the_limit_is_told_so() {
     );
     rt.run(0, request()).result.unwrap();
 }
+
+#[test]
+fn the_pool_is_sized_for_a_large_table() {
+    // Larger than the pool's default table size: the child reads the
+    // module's needs first and sizes the pool for them.
+    let rt = runtime(
+        "bigtable",
+        r#"(table 30000 funcref)
+           (data (i32.const 100) "ok")
+           (func (export "_start") (drop (call $write (i32.const 1) (i32.const 100) (i32.const 2))))"#,
+        2,
+    );
+    let o = rt.run(0, request());
+    o.result.unwrap();
+    assert_eq!(&o.stdout.to_bytes()[..], b"ok");
+}
