@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use bytes::Bytes;
-use mod_wasm_bench::{request, runtime_with_slots};
+use mod_wasm_bench::{request, runtime_for};
 use wasm_runtime::Preopen;
 
 fn main() {
@@ -46,7 +46,7 @@ fn main() {
             _ => panic!("{usage}"),
         }
     }
-    let rt = runtime_with_slots(&module, trap, slots);
+    let rt = runtime_for(&module, trap, slots);
     let one = || {
         let mut req = request(22, &query, Bytes::new());
         req.args.extend(args.iter().cloned());

@@ -65,17 +65,12 @@ pub fn interpreter(name: &str, trap_unknown_imports: bool) -> Runtime {
         "{} is missing: run `make all` first",
         wasm.display()
     );
-    runtime_for(&wasm, trap_unknown_imports)
+    runtime_for(&wasm, trap_unknown_imports, 4)
 }
 
-/// A production-flavoured runtime with the module at `wasm`, optionally
-/// linking unknown imports as traps.
-pub fn runtime_for(wasm: &Path, trap_unknown_imports: bool) -> Runtime {
-    runtime_with_slots(wasm, trap_unknown_imports, 4)
-}
-
-/// [`runtime_for`] with `slots` instance slots.
-pub fn runtime_with_slots(wasm: &Path, trap_unknown_imports: bool, slots: u32) -> Runtime {
+/// A production-flavoured runtime with `slots` instance slots and the module
+/// at `wasm`, optionally linking unknown imports as traps.
+pub fn runtime_for(wasm: &Path, trap_unknown_imports: bool, slots: u32) -> Runtime {
     production_env();
     let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../build/bench-cache");
     let opts = Options {

@@ -253,6 +253,16 @@ impl Apache {
         self.child.id() as i32
     }
 
+    /// The PIDs of the parent's child processes right now.
+    pub fn child_pids(&self) -> Vec<i32> {
+        let pid = self.pid();
+        fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .expect("the server's parent is running")
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
     /// The error log so far.
     pub fn error_log(&self) -> String {
         fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()

@@ -126,12 +126,7 @@ fn every_child_maps_the_same_compiled_interpreter() {
     for _ in 0..4 {
         assert_eq!(get(s.port, "/py?action=utf8").status, 200);
     }
-    let children: Vec<String> =
-        fs::read_to_string(format!("/proc/{}/task/{}/children", s.pid(), s.pid()))
-            .unwrap()
-            .split_whitespace()
-            .map(str::to_string)
-            .collect();
+    let children = s.child_pids();
     assert!(children.len() >= 2, "{children:?}");
     let mapped: Vec<String> = children
         .iter()
@@ -154,9 +149,8 @@ fn every_child_maps_the_same_compiled_interpreter() {
 
 /// Minor page faults of all of `s`'s children so far.
 fn children_minor_faults(s: &Apache) -> u64 {
-    fs::read_to_string(format!("/proc/{}/task/{}/children", s.pid(), s.pid()))
-        .unwrap()
-        .split_whitespace()
+    s.child_pids()
+        .into_iter()
         .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
         // Field 10 (minflt), counted after the parenthesised command name.
         .filter_map(|stat| {
