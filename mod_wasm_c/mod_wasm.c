@@ -720,9 +720,6 @@ static void wasm_build_env(request_rec *r, const wasm_dir_conf *conf,
     apr_table_t *e;
     int i, n = 0;
 
-    if (conf->location) {
-        wasm_split_location(r, conf->location);
-    }
     ap_add_common_vars(r);
     ap_add_cgi_vars(r);
     e = r->subprocess_env;
@@ -966,6 +963,7 @@ static int wasm_handler(request_rec *r)
     const char *module_path;
     wasm_rt_request req;
     wasm_rt_response *resp = NULL;
+    int32_t reads_env = 1;
     int status;
 
     if (!r->handler || strcmp(r->handler, WASM_HANDLER) != 0) {
@@ -1002,7 +1000,15 @@ static int wasm_handler(request_rec *r)
     if (status != OK) {
         return status;
     }
-    wasm_build_env(r, conf, module_path, &req);
+    if (conf->location) {
+        wasm_split_location(r, conf->location);
+    }
+    /* A module that cannot read an environment does not get one: building
+     * the CGI variables is a good part of a small request's cost. */
+    if (wasm_rt_module_reads_env(wasm_runtime, (size_t)rec->rt_index,
+                                 &reads_env) != WASM_RT_OK || reads_env) {
+        wasm_build_env(r, conf, module_path, &req);
+    }
     if (conf->dirs) {
         req.dirs = (const wasm_rt_dir *)conf->dirs->elts;
         req.ndirs = conf->dirs->nelts;

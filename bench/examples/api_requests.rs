@@ -10,7 +10,9 @@
 //! Options after the count: `--trap` (WasmTrapUnknownImports On), `--arg A`
 //! (WasmArg), `--dir GUEST=HOST` (read-only WasmMapDir), `--query Q`,
 //! `--threads N` (N threads share the runtime, each runs COUNT requests),
-//! `--slots N` (instance slots, default 4; Apache's default is ThreadsPerChild + 1).
+//! `--slots N` (instance slots, default 4; Apache's default is ThreadsPerChild + 1),
+//! `--gap-us N` (sleep N µs between requests, as a server thread waits for
+//! the next one: caches and branch predictors cool down in between).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -21,18 +23,24 @@ use wasm_runtime::Preopen;
 
 fn main() {
     let mut argv = std::env::args().skip(1);
-    let usage = "usage: api_requests MODULE.wasm COUNT [--trap] [--arg A] [--dir G=H] [--query Q] [--threads N] [--slots N]";
+    let usage = "usage: api_requests MODULE.wasm COUNT [--trap] [--arg A] [--dir G=H] [--query Q] [--threads N] [--slots N] [--gap-us N]";
     let module = PathBuf::from(argv.next().expect(usage));
     let count: usize = argv.next().and_then(|n| n.parse().ok()).expect(usage);
     let (mut trap, mut args, mut dirs, mut query) = (false, vec![], vec![], String::new());
     let mut threads = 1usize;
     let mut slots = 4u32;
+    let mut gap = std::time::Duration::ZERO;
     while let Some(flag) = argv.next() {
         match flag.as_str() {
             "--trap" => trap = true,
             "--arg" => args.push(argv.next().expect(usage)),
             "--query" => query = argv.next().expect(usage),
             "--slots" => slots = argv.next().and_then(|n| n.parse().ok()).expect(usage),
+            "--gap-us" => {
+                gap = std::time::Duration::from_micros(
+                    argv.next().and_then(|n| n.parse().ok()).expect(usage),
+                )
+            }
             "--threads" => threads = argv.next().and_then(|n| n.parse().ok()).expect(usage),
             "--dir" => {
                 let spec = argv.next().expect(usage);
@@ -65,6 +73,9 @@ fn main() {
                 s.spawn(|| {
                     (0..count)
                         .map(|_| {
+                            if !gap.is_zero() {
+                                std::thread::sleep(gap);
+                            }
                             let t = Instant::now();
                             one();
                             t.elapsed().as_secs_f64() * 1e6

@@ -141,6 +141,14 @@ int32_t wasm_rt_runtime_new(const char *const *cwasm_paths,
 /* Destroys a runtime; no request may be running. */
 void wasm_rt_runtime_free(wasm_rt_runtime *rt);
 
+/*
+ * Stores in `*reads_env` 1 when module `module` imports WASI's environment
+ * calls, else 0. A module that does not can never see an environment, so
+ * the caller may skip building one (wasm_rt_run ignores it anyway).
+ */
+int32_t wasm_rt_module_reads_env(const wasm_rt_runtime *rt, size_t module,
+                                 int32_t *reads_env);
+
 /* Starts a request body, reserving `size_hint` bytes. */
 wasm_rt_body *wasm_rt_body_new(size_t size_hint);
 

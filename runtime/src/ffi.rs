@@ -359,6 +359,36 @@ pub unsafe extern "C" fn wasm_rt_runtime_free(rt: *mut wasm_rt_runtime) {
     }
 }
 
+/// Tells whether a module can read its environment.
+///
+/// # Safety
+/// `rt` is NULL or came from `wasm_rt_runtime_new`; `reads_env` is NULL or
+/// valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn wasm_rt_module_reads_env(
+    rt: *const wasm_rt_runtime,
+    module: usize,
+    reads_env: *mut i32,
+) -> i32 {
+    let r = guard("wasm_rt_module_reads_env", || {
+        if rt.is_null() || reads_env.is_null() {
+            return Err(Error::new(
+                Code::InvalidArgument,
+                "runtime or reads_env is NULL",
+            ));
+        }
+        let reads = unsafe { &*rt }.module_reads_env(module).ok_or_else(|| {
+            Error::new(
+                Code::InvalidArgument,
+                format!("no module with index {module}"),
+            )
+        })?;
+        unsafe { *reads_env = i32::from(reads) };
+        Ok(())
+    });
+    unsafe { report(r, std::ptr::null_mut()) }
+}
+
 /// Starts a request body.
 #[no_mangle]
 pub extern "C" fn wasm_rt_body_new(size_hint: usize) -> *mut wasm_rt_body {

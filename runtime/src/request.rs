@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use wasmtime::{PoolConcurrencyLimitError, Store, StoreLimitsBuilder, Trap, WasmBacktrace};
+use wasmtime::{
+    Instance, PoolConcurrencyLimitError, Store, StoreLimitsBuilder, Trap, TypedFunc, WasmBacktrace,
+};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::runtime::in_tokio;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -16,7 +18,7 @@ use crate::engine::deadline_ticks;
 use crate::error::{chain, Code, Error, Result};
 use crate::host::Host;
 use crate::pipe::{CappedPipe, Output, Overflow};
-use crate::runtime::Runtime;
+use crate::runtime::{Loaded, Runtime, START};
 
 /// Default of `WasmTimeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -121,8 +123,10 @@ impl Runtime {
         let stdout = CappedPipe::new(req.limits.max_output, Overflow::Trap);
         let stderr = CappedPipe::new(MAX_STDERR, Overflow::Truncate);
         let mut wasi = WasiCtxBuilder::new();
+        if module.reads_env {
+            wasi.envs(&req.env);
+        }
         wasi.args(&req.args)
-            .envs(&req.env)
             .stdin(MemoryInputPipe::new(req.body))
             .stdout(stdout.clone())
             .stderr(stderr.clone())
@@ -162,7 +166,7 @@ impl Runtime {
             store.epoch_deadline_trap();
         }
 
-        let entry = req.entry.as_deref().unwrap_or("_start");
+        let entry = req.entry.as_deref().unwrap_or(START);
         let timeout = req.limits.timeout;
         // One Tokio entry for the whole request, with the guest on a pooled
         // fiber stack: WASI's synchronous bindings enter Tokio on every host
@@ -173,7 +177,7 @@ impl Runtime {
                 Ok(i) => i,
                 Err(e) => return (Err(self.instantiate_error(&module.name, e)), -1),
             };
-            let func = match instance.get_typed_func::<(), ()>(&mut store, entry) {
+            let func = match entry_func(module, instance, &mut store, entry) {
                 Ok(f) => f,
                 Err(e) => {
                     return (
@@ -238,6 +242,29 @@ impl Runtime {
             ),
         }
     }
+}
+
+/// The function a request calls: `_start` through the export resolved when
+/// the module was loaded, any other entry by name.
+fn entry_func(
+    module: &Loaded,
+    instance: Instance,
+    store: &mut Store<Host>,
+    entry: &str,
+) -> wasmtime::Result<TypedFunc<(), ()>> {
+    if entry == START {
+        if let Some(func) = module
+            .start
+            .as_ref()
+            .and_then(|e| instance.get_module_export(&mut *store, e))
+            .and_then(|e| e.into_func())
+        {
+            // SAFETY: `Loaded::start` is only set for a `_start` of type
+            // `() -> ()`, and `instance` was made from that same module.
+            return Ok(unsafe { TypedFunc::new_unchecked(&*store, func) });
+        }
+    }
+    instance.get_typed_func::<(), ()>(store, entry)
 }
 
 /// `bytes` in the unit an operator would write in a directive.

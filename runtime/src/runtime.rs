@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use wasmtime::{Engine, InstancePre, Module};
+use wasmtime::{Engine, ExternType, InstancePre, Module, ModuleExport};
 
 use crate::engine::{runtime_engine, Flavor, PoolSize, Ticker};
 use crate::error::{chain, Code, Error, Result};
@@ -29,6 +29,13 @@ pub struct Loaded {
     pub pre: InstancePre<Host>,
     /// Bytes of linear memory the module starts with.
     pub min_memory: u64,
+    /// `_start`, found and type-checked once, so that a request does not
+    /// look the entry up by name (`None`: the module has no such command
+    /// entry; a request that names it fails with the reason).
+    pub(crate) start: Option<ModuleExport>,
+    /// Whether the module imports WASI's environment calls. One that does
+    /// not can never see an environment, so the server need not build it.
+    pub reads_env: bool,
 }
 
 /// Everything a child process needs to run requests.
@@ -90,6 +97,8 @@ impl Runtime {
                     name: spec.name.clone(),
                     pre,
                     min_memory: pages.unwrap_or(0).saturating_mul(WASM_PAGE),
+                    start: command_entry(&module),
+                    reads_env: reads_env(&module),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -106,6 +115,36 @@ impl Runtime {
             _ticker: ticker,
         })
     }
+}
+
+impl Runtime {
+    /// Whether module `index` can read its environment (see
+    /// [`Loaded::reads_env`]); `None` when there is no such module.
+    pub fn module_reads_env(&self, index: usize) -> Option<bool> {
+        self.modules.get(index).map(|m| m.reads_env)
+    }
+}
+
+/// The name of the entry point of a WASI command.
+pub(crate) const START: &str = "_start";
+
+/// `_start` when the module exports it as a function of no arguments and no
+/// results, the only type a request calls.
+fn command_entry(module: &Module) -> Option<ModuleExport> {
+    match module.get_export(START)? {
+        ExternType::Func(ty) if ty.params().len() == 0 && ty.results().len() == 0 => {
+            module.get_export_index(START)
+        }
+        _ => None,
+    }
+}
+
+/// Whether `module` imports `environ_get` or `environ_sizes_get` from WASI.
+fn reads_env(module: &Module) -> bool {
+    module.imports().any(|i| {
+        i.module() == "wasi_snapshot_preview1"
+            && matches!(i.name(), "environ_get" | "environ_sizes_get")
+    })
 }
 
 /// Size of a WebAssembly memory page.

@@ -86,6 +86,10 @@ fn prototypes_match() {
                 as usize,
         ),
         ("void wasm_rt_runtime_free(wasm_rt_runtime *rt);", wasm_rt_runtime_free as unsafe extern "C" fn(*mut wasm_rt_runtime) as usize),
+        (
+            "int32_t wasm_rt_module_reads_env(const wasm_rt_runtime *rt, size_t module, int32_t *reads_env);",
+            wasm_rt_module_reads_env as unsafe extern "C" fn(*const wasm_rt_runtime, usize, *mut i32) -> i32 as usize,
+        ),
         ("wasm_rt_body *wasm_rt_body_new(size_t size_hint);", wasm_rt_body_new as extern "C" fn(usize) -> *mut wasm_rt_body as usize),
         (
             "int32_t wasm_rt_body_append(wasm_rt_body *body, const void *data, size_t len);",

@@ -32,13 +32,14 @@ fn scratch(name: &str) -> PathBuf {
 
 /// A runtime with one module whose body is `body` (after the prelude).
 fn runtime(name: &str, body: &str, slots: u32) -> Runtime {
+    runtime_of(name, &format!("(module {PRELUDE} {body})"), slots)
+}
+
+/// A runtime with one module, the whole of it written in `wat`.
+fn runtime_of(name: &str, wat: &str, slots: u32) -> Runtime {
     let d = scratch(name);
     let wasm = d.join(format!("{name}.wasm"));
-    std::fs::write(
-        &wasm,
-        wat::parse_str(format!("(module {PRELUDE} {body})")).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(&wasm, wat::parse_str(wat).unwrap()).unwrap();
     let compiled = precompile(&wasm, &d.join("cache")).unwrap();
     Runtime::new(
         &[ModuleSpec {
@@ -97,6 +98,43 @@ fn missing_entry_point_is_a_link_error() {
     let e = rt.run(0, req).result.unwrap_err();
     assert_eq!(e.code, Code::Link);
     assert!(e.message.contains("nope"));
+}
+
+#[test]
+fn a_start_of_the_wrong_type_is_a_link_error() {
+    let rt = runtime("badstart", r#"(func (export "_start") (param i32))"#, 2);
+    let e = rt.run(0, request()).result.unwrap_err();
+    assert_eq!(e.code, Code::Link);
+    assert!(e.message.contains("_start"), "{}", e.message);
+}
+
+#[test]
+fn only_a_module_importing_the_environment_reads_it() {
+    let reader = runtime("reader", HELLO, 2);
+    assert_eq!(reader.module_reads_env(0), Some(true));
+    assert_eq!(reader.module_reads_env(1), None);
+    let silent = runtime_of(
+        "silent",
+        r#"(module
+             (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+             (memory (export "memory") 1)
+             (data (i32.const 16) "Content-Type: text/plain\r\n\r\nok")
+             (func (export "_start")
+               (i32.store (i32.const 0) (i32.const 16))
+               (i32.store (i32.const 4) (i32.const 30))
+               (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+        2,
+    );
+    assert_eq!(silent.module_reads_env(0), Some(false));
+    // Whatever environment it is given, it runs the same.
+    let mut req = request();
+    req.env = vec![("A".into(), "1".into())];
+    let o = silent.run(0, req);
+    o.result.unwrap();
+    assert_eq!(
+        &o.stdout.to_bytes()[..],
+        b"Content-Type: text/plain\r\n\r\nok"
+    );
 }
 
 #[test]
