@@ -27,6 +27,39 @@ fn hello() {
 }
 
 #[test]
+fn the_access_log_can_show_the_time_spent_in_the_runtime() {
+    let site = format!(
+        "LogFormat \"%U %{{wasm-run-us}}n %D\" timing\n\
+         CustomLog @DIR@/timing.log timing\n{}",
+        location("/hello", "hello", "")
+    );
+    let s = Apache::start(&site);
+    assert_eq!(get(s.port, "/hello").status, 200);
+    assert_eq!(get(s.port, "/missing").status, 404);
+    // The log line is written after the response: wait for both.
+    let log = s.dir.join("timing.log");
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let hello: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("/hello "))
+        .unwrap_or_else(|| panic!("no /hello line in {text:?}"))
+        .split(' ')
+        .collect();
+    let run: u64 = hello[1].parse().unwrap_or_else(|_| panic!("{hello:?}"));
+    let total: u64 = hello[2].parse().unwrap();
+    assert!(run > 0 && run <= total, "{hello:?}");
+    // Requests that no guest served have no such note.
+    assert!(text.contains("/missing - "), "{text}");
+}
+
+#[test]
 fn head_runs_the_guest_and_sends_no_body() {
     let s = Apache::start(&location("/hello", "hello", ""));
     let r = Request::new("HEAD", "/hello").send(s.port).unwrap();
