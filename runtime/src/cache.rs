@@ -156,28 +156,29 @@ pub fn precompile_with(wasm_path: &Path, cache_dir: &Path, opts: &Options) -> Re
             module
         }
     };
-    let linker = host::linker(&engine)?;
-    if opts.trap_unknown_imports {
-        host::check_linkable(&host::with_trapping_imports(linker, &module)?, &module)?;
-    } else {
-        host::check_imports(&engine, &linker, &module)?;
+    if !opts.trap_unknown_imports {
+        // All missing imports at once; the child's own linking below would
+        // name only the first.
+        host::check_imports(&engine, &host::linker(&engine)?, &module)?;
     }
-    // What a child will do with it, with one slot: a module too big for the
-    // instance pool fails here, at configtest, rather than in every child.
+    // What a child will do with it, with one slot: imports of the wrong type
+    // and a module too big for the instance pool fail here, at configtest,
+    // rather than in every child.
     let spec = ModuleSpec {
         cwasm: cwasm.clone(),
         name: wasm_path.display().to_string(),
         trap_unknown_imports: opts.trap_unknown_imports,
     };
-    Runtime::new_flavored(&[spec], 1, opts.flavor).map_err(|e| {
-        Error::new(
+    Runtime::new_flavored(&[spec], 1, opts.flavor).map_err(|e| match e.code {
+        Code::Link => e,
+        _ => Error::new(
             e.code,
             format!(
                 "{} does not fit the instance pool: {}",
                 wasm_path.display(),
                 e.message
             ),
-        )
+        ),
     })?;
     Ok(Compiled {
         cwasm,
@@ -367,5 +368,27 @@ mod tests {
             e.message
         );
         assert!(!e.message.contains("fd_write"), "{}", e.message);
+    }
+
+    #[test]
+    fn an_import_of_the_wrong_type_is_a_link_error_naming_it() {
+        let d = tmpdir("import-type");
+        let m = wat(
+            &d,
+            "ty.wasm",
+            r#"(module
+                (import "wasi_snapshot_preview1" "fd_write" (func (param i32) (result i32)))
+                (func (export "_start")))"#,
+        );
+        for trap in [false, true] {
+            let opts = Options {
+                trap_unknown_imports: trap,
+                ..Options::default()
+            };
+            let e = precompile_with(&m, &d.join("cache"), &opts).unwrap_err();
+            assert_eq!(e.code, Code::Link, "{}", e.message);
+            assert!(e.message.contains("fd_write"), "{}", e.message);
+            assert!(!e.message.contains("does not fit"), "{}", e.message);
+        }
     }
 }
