@@ -4,21 +4,26 @@ use wasmtime::{Engine, Linker, Module, Store, StoreLimits};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::WasiCtxBuilder;
 
+use crate::environ::{self, Environ};
 use crate::error::{chain, Code, Error, Result};
 
 /// Per-request state stored in each `Store`.
 pub struct Host {
-    /// The guest's WASI context: arguments, environment, pipes, preopens.
+    /// The guest's WASI context: arguments, pipes, preopens.
     pub wasi: WasiP1Ctx,
+    /// The guest's environment (see `environ.rs`).
+    pub environ: Environ,
     /// Memory and instance limits of this request.
     pub limits: StoreLimits,
 }
 
 /// A linker that provides WASI preview 1 to guests (async bindings: a
-/// request runs as one future, see `request.rs`).
+/// request runs as one future, see `request.rs`), with our own environment
+/// calls.
 pub fn linker(engine: &Engine) -> Result<Linker<Host>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p1::add_to_linker_async(&mut linker, |h: &mut Host| &mut h.wasi)
+        .and_then(|()| environ::add_to_linker(&mut linker))
         .map_err(|e| Error::new(Code::Internal, chain(&e)))?;
     Ok(linker)
 }
@@ -31,6 +36,7 @@ fn missing_imports(engine: &Engine, linker: &Linker<Host>, module: &Module) -> V
         engine,
         Host {
             wasi: WasiCtxBuilder::new().build_p1(),
+            environ: Environ::default(),
             limits: StoreLimits::default(),
         },
     );

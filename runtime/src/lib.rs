@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod engine;
+pub mod environ;
 pub mod error;
 pub mod ffi;
 pub mod host;

@@ -15,6 +15,7 @@ use wasmtime_wasi::runtime::in_tokio;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use crate::engine::deadline_ticks;
+use crate::environ::Environ;
 use crate::error::{chain, Code, Error, Result};
 use crate::host::Host;
 use crate::pipe::{CappedPipe, Output, Overflow};
@@ -63,9 +64,9 @@ impl Default for Limits {
 
 /// Everything a guest gets for one request.
 ///
-/// The environment may borrow: WASI copies it into the guest's context
-/// anyway, so the C boundary lends the server's strings instead of copying
-/// each variable twice on every request.
+/// The environment may borrow: it is laid out into one buffer for the guest
+/// anyway (see `environ.rs`), so the C boundary lends the server's strings
+/// instead of copying each variable twice on every request.
 #[derive(Debug, Clone, Default)]
 pub struct Request<'a> {
     /// `argv`, including `argv[0]`.
@@ -123,9 +124,6 @@ impl Runtime {
         let stdout = CappedPipe::new(req.limits.max_output, Overflow::Trap);
         let stderr = CappedPipe::new(MAX_STDERR, Overflow::Truncate);
         let mut wasi = WasiCtxBuilder::new();
-        if module.reads_env {
-            wasi.envs(&req.env);
-        }
         wasi.args(&req.args)
             .stdin(MemoryInputPipe::new(req.body))
             .stdout(stdout.clone())
@@ -157,6 +155,11 @@ impl Runtime {
             &self.engine,
             Host {
                 wasi: wasi.build_p1(),
+                environ: if module.reads_env {
+                    Environ::new(&req.env)
+                } else {
+                    Environ::default()
+                },
                 limits,
             },
         );

@@ -173,6 +173,49 @@ fn environment_is_exactly_what_was_given() {
 }
 
 #[test]
+fn each_environment_pointer_points_at_its_variable() {
+    let rt = runtime(
+        "envptr",
+        r#"(func (export "_start")
+             (drop (call $env_sizes (i32.const 16) (i32.const 20)))
+             (drop (call $env_get (i32.const 1024) (i32.const 2048)))
+             ;; the count, then the second variable through its pointer
+             (drop (call $write (i32.const 1) (i32.const 16) (i32.const 4)))
+             (drop (call $write (i32.const 1) (i32.load (i32.const 1028)) (i32.const 5))))"#,
+        2,
+    );
+    let mut req = request();
+    req.env = vec![("A".into(), "1".into()), ("B".into(), "two".into())];
+    let o = rt.run(0, req);
+    o.result.unwrap();
+    assert_eq!(&o.stdout.to_bytes()[..], b"\x02\0\0\0B=two");
+}
+
+#[test]
+fn an_environment_pointer_out_of_bounds_traps() {
+    let rt = runtime(
+        "envoob",
+        r#"(func (export "_start")
+             (drop (call $env_get (i32.const 65532) (i32.const 2048))))"#,
+        2,
+    );
+    let mut req = request();
+    req.env = vec![("A".into(), "1".into()), ("B".into(), "2".into())];
+    let e = rt.run(0, req).result.unwrap_err();
+    assert_eq!(e.code, Code::Trap);
+    assert!(e.message.contains("out of bounds"), "{}", e.message);
+    // A misaligned one traps too, and the runtime goes on.
+    let rt = runtime(
+        "envalign",
+        r#"(func (export "_start")
+             (drop (call $env_sizes (i32.const 17) (i32.const 24))))"#,
+        2,
+    );
+    let e = rt.run(0, request()).result.unwrap_err();
+    assert!(e.message.contains("not aligned"), "{}", e.message);
+}
+
+#[test]
 fn proc_exit_zero_is_success_and_nonzero_is_an_exit_error() {
     let rt = runtime(
         "exit",
