@@ -32,8 +32,8 @@ fn hello_variants(c: &mut Criterion) {
 }
 
 fn env_scaling(c: &mut Criterion) {
-    // A guest that calls getenv, so WASI copies every variable into it
-    // (hello does not import the environment and is never given one).
+    // A guest that calls getenv, so every variable is laid out and copied
+    // into it (hello does not import the environment and is never given one).
     let rt = runtime(&["respond"], 4, Flavor::default());
     let mut g = c.benchmark_group("env_vars");
     for n in [10, 50, 200] {

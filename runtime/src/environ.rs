@@ -17,6 +17,8 @@ const SUCCESS: i32 = 0;
 /// WASI errno `overflow`: the environment does not fit in 32 bits.
 const OVERFLOW: i32 = 61;
 const MODULE: &str = "wasi_snapshot_preview1";
+const SIZES_GET: &str = "environ_sizes_get";
+const GET: &str = "environ_get";
 
 /// An environment as `environ_get` hands it over: `NAME=value\0` for each
 /// variable, in one buffer.
@@ -53,11 +55,18 @@ impl Environ {
     }
 }
 
+/// Whether `module` imports either of WASI's environment calls.
+pub fn imported_by(module: &wasmtime::Module) -> bool {
+    module
+        .imports()
+        .any(|i| i.module() == MODULE && matches!(i.name(), SIZES_GET | GET))
+}
+
 /// Replaces WASI's two environment calls in `linker` with ours.
 pub fn add_to_linker(linker: &mut Linker<Host>) -> Result<()> {
     linker.allow_shadowing(true);
-    linker.func_wrap(MODULE, "environ_sizes_get", environ_sizes_get)?;
-    linker.func_wrap(MODULE, "environ_get", environ_get)?;
+    linker.func_wrap(MODULE, SIZES_GET, environ_sizes_get)?;
+    linker.func_wrap(MODULE, GET, environ_get)?;
     linker.allow_shadowing(false);
     Ok(())
 }
@@ -81,18 +90,21 @@ fn environ_get(mut caller: Caller<'_, Host>, environ: i32, buf: i32) -> Result<i
     let memory = guest_memory(&mut caller)?;
     let (data, host) = memory.data_and_store_mut(&mut caller);
     let bytes = &host.environ.bytes;
+    if bytes.is_empty() {
+        // Nothing to write, so no pointer is dereferenced (as in WASI's own).
+        return Ok(SUCCESS);
+    }
     let Ok(len) = u32::try_from(bytes.len()) else {
         return Ok(OVERFLOW);
     };
     let start = buf as u32;
     guest_slice(data, start, len)?.copy_from_slice(bytes);
-    let mut at = start;
-    let mut slot = environ as u32;
+    let (mut slot, mut at) = (environ as u32, start);
     for entry in bytes.split_inclusive(|&b| b == 0) {
         store_u32(data, slot, at)?;
-        slot = slot.checked_add(4).ok_or_else(|| out_of_bounds(slot, 8))?;
-        // Entries lie inside `buf`, whose end was checked above.
-        at += entry.len() as u32;
+        slot = slot.checked_add(4).ok_or_else(|| out_of_bounds(slot, 4))?;
+        // Past the last entry this may reach 4 GiB, which is never stored.
+        at = at.wrapping_add(entry.len() as u32);
     }
     Ok(SUCCESS)
 }

@@ -263,7 +263,8 @@ fn entry_func(
             .and_then(|e| e.into_func())
         {
             // SAFETY: `Loaded::start` is only set for a `_start` of type
-            // `() -> ()`, and `instance` was made from that same module.
+            // `() -> ()`, and `get_module_export` returns `None` for an
+            // instance of any other module (it compares module ids).
             return Ok(unsafe { TypedFunc::new_unchecked(&*store, func) });
         }
     }

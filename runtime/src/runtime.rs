@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use wasmtime::{Engine, ExternType, InstancePre, Module, ModuleExport};
 
 use crate::engine::{runtime_engine, Flavor, PoolSize, Ticker};
+use crate::environ;
 use crate::error::{chain, Code, Error, Result};
 use crate::host::{self, Host};
 
@@ -35,7 +36,7 @@ pub struct Loaded {
     pub(crate) start: Option<ModuleExport>,
     /// Whether the module imports WASI's environment calls. One that does
     /// not can never see an environment, so the server need not build it.
-    pub reads_env: bool,
+    pub(crate) reads_env: bool,
 }
 
 /// Everything a child process needs to run requests.
@@ -98,7 +99,7 @@ impl Runtime {
                     pre,
                     min_memory: pages.unwrap_or(0).saturating_mul(WASM_PAGE),
                     start: command_entry(&module),
-                    reads_env: reads_env(&module),
+                    reads_env: environ::imported_by(&module),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -139,14 +140,6 @@ fn command_entry(module: &Module) -> Option<ModuleExport> {
     }
 }
 
-/// Whether `module` imports `environ_get` or `environ_sizes_get` from WASI.
-fn reads_env(module: &Module) -> bool {
-    module.imports().any(|i| {
-        i.module() == "wasi_snapshot_preview1"
-            && matches!(i.name(), "environ_get" | "environ_sizes_get")
-    })
-}
-
 /// Size of a WebAssembly memory page.
 const WASM_PAGE: u64 = 64 << 10;
 
@@ -165,4 +158,26 @@ fn load(engine: &Engine, spec: &ModuleSpec) -> Result<Module> {
             ),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn module(wat: &str) -> Module {
+        Module::new(&Engine::default(), wat::parse_str(wat).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn only_a_start_of_no_arguments_and_no_results_is_resolved_ahead() {
+        assert!(command_entry(&module(r#"(module (func (export "_start")))"#)).is_some());
+        assert!(
+            command_entry(&module(r#"(module (func (export "_start") (param i32)))"#)).is_none()
+        );
+        assert!(command_entry(&module(r#"(module (func (export "main")))"#)).is_none());
+        assert!(command_entry(&module(
+            r#"(module (global (export "_start") i32 (i32.const 0)))"#
+        ))
+        .is_none());
+    }
 }

@@ -160,8 +160,9 @@ fn environment_is_exactly_what_was_given() {
     let rt = runtime(
         "env",
         r#"(func (export "_start")
-             (drop (call $env_sizes (i32.const 16) (i32.const 20)))
-             (drop (call $env_get (i32.const 1024) (i32.const 2048)))
+             ;; both calls must succeed (errno 0)
+             (if (call $env_sizes (i32.const 16) (i32.const 20)) (then unreachable))
+             (if (call $env_get (i32.const 1024) (i32.const 2048)) (then unreachable))
              (drop (call $write (i32.const 1) (i32.const 2048) (i32.load (i32.const 20)))))"#,
         2,
     );
@@ -177,8 +178,9 @@ fn each_environment_pointer_points_at_its_variable() {
     let rt = runtime(
         "envptr",
         r#"(func (export "_start")
-             (drop (call $env_sizes (i32.const 16) (i32.const 20)))
-             (drop (call $env_get (i32.const 1024) (i32.const 2048)))
+             ;; both calls must succeed (errno 0)
+             (if (call $env_sizes (i32.const 16) (i32.const 20)) (then unreachable))
+             (if (call $env_get (i32.const 1024) (i32.const 2048)) (then unreachable))
              ;; the count, then the second variable through its pointer
              (drop (call $write (i32.const 1) (i32.const 16) (i32.const 4)))
              (drop (call $write (i32.const 1) (i32.load (i32.const 1028)) (i32.const 5))))"#,
@@ -212,6 +214,7 @@ fn an_environment_pointer_out_of_bounds_traps() {
         2,
     );
     let e = rt.run(0, request()).result.unwrap_err();
+    assert_eq!(e.code, Code::Trap);
     assert!(e.message.contains("not aligned"), "{}", e.message);
 }
 
