@@ -169,6 +169,8 @@ pub fn precompile_with(wasm_path: &Path, cache_dir: &Path, opts: &Options) -> Re
         name: wasm_path.display().to_string(),
         trap_unknown_imports: opts.trap_unknown_imports,
     };
+    // The entry loaded with the compile engine above, so a load error here
+    // is the pool's own validation of the module's needs.
     Runtime::new_flavored(&[spec], 1, opts.flavor).map_err(|e| match e.code {
         Code::Link => e,
         _ => Error::new(
@@ -390,5 +392,26 @@ mod tests {
             assert!(e.message.contains("fd_write"), "{}", e.message);
             assert!(!e.message.contains("does not fit"), "{}", e.message);
         }
+    }
+
+    #[test]
+    fn an_unknown_import_that_is_not_a_function_cannot_trap_and_is_named() {
+        let d = tmpdir("import-global");
+        let m = wat(
+            &d,
+            "glob.wasm",
+            r#"(module (import "env" "g" (global i32)) (func (export "_start")))"#,
+        );
+        let opts = Options {
+            trap_unknown_imports: true,
+            ..Options::default()
+        };
+        let e = precompile_with(&m, &d.join("cache"), &opts).unwrap_err();
+        assert_eq!(e.code, Code::Link, "{}", e.message);
+        assert!(
+            e.message.contains("glob.wasm") && e.message.contains("env"),
+            "{}",
+            e.message
+        );
     }
 }

@@ -86,7 +86,8 @@ impl Runtime {
             .map(|spec| {
                 let module = load(&engine, spec)?;
                 let linker = if spec.trap_unknown_imports {
-                    host::with_trapping_imports(linker.clone(), &module)?
+                    host::with_trapping_imports(linker.clone(), &module)
+                        .map_err(|e| Error::new(e.code, format!("{}: {}", spec.name, e.message)))?
                 } else {
                     linker.clone()
                 };
