@@ -59,6 +59,14 @@ fn request() -> Request<'static> {
     }
 }
 
+/// [`request`] with these environment variables.
+fn request_with_env(vars: &[(&'static str, &'static str)]) -> Request<'static> {
+    Request {
+        env: vars.iter().map(|&(k, v)| (k.into(), v.into())).collect(),
+        ..request()
+    }
+}
+
 const HELLO: &str = r#"
   (data (i32.const 100) "Content-Type: text/plain\r\n\r\nhi")
   (data (i32.const 200) "oops\n")
@@ -127,8 +135,7 @@ fn only_a_module_importing_the_environment_reads_it() {
     );
     assert_eq!(silent.module_reads_env(0), Some(false));
     // Whatever environment it is given, it runs the same.
-    let mut req = request();
-    req.env = vec![("A".into(), "1".into())];
+    let req = request_with_env(&[("A", "1")]);
     let o = silent.run(0, req);
     o.result.unwrap();
     assert_eq!(
@@ -166,8 +173,7 @@ fn environment_is_exactly_what_was_given() {
              (drop (call $write (i32.const 1) (i32.const 2048) (i32.load (i32.const 20)))))"#,
         2,
     );
-    let mut req = request();
-    req.env = vec![("A".into(), "1".into()), ("B".into(), "two".into())];
+    let req = request_with_env(&[("A", "1"), ("B", "two")]);
     let o = rt.run(0, req);
     o.result.unwrap();
     assert_eq!(&o.stdout.to_bytes()[..], b"A=1\0B=two\0");
@@ -186,8 +192,7 @@ fn each_environment_pointer_points_at_its_variable() {
              (drop (call $write (i32.const 1) (i32.load (i32.const 1028)) (i32.const 5))))"#,
         2,
     );
-    let mut req = request();
-    req.env = vec![("A".into(), "1".into()), ("B".into(), "two".into())];
+    let req = request_with_env(&[("A", "1"), ("B", "two")]);
     let o = rt.run(0, req);
     o.result.unwrap();
     assert_eq!(&o.stdout.to_bytes()[..], b"\x02\0\0\0B=two");
@@ -201,8 +206,7 @@ fn an_environment_pointer_out_of_bounds_traps() {
              (drop (call $env_get (i32.const 65532) (i32.const 2048))))"#,
         2,
     );
-    let mut req = request();
-    req.env = vec![("A".into(), "1".into()), ("B".into(), "2".into())];
+    let req = request_with_env(&[("A", "1"), ("B", "2")]);
     let e = rt.run(0, req).result.unwrap_err();
     assert_eq!(e.code, Code::Trap);
     assert!(e.message.contains("out of bounds"), "{}", e.message);
