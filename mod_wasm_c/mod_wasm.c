@@ -72,6 +72,7 @@ typedef struct {
 static apr_array_header_t *wasm_modules;
 static const char *wasm_cache_dir;
 static int wasm_pool_slots;     /* WasmPoolSlots, 0: ThreadsPerChild + 1 */
+static int wasm_pool_shards;    /* WasmPoolShards, 0: auto (the runtime's) */
 static apr_interval_time_t wasm_cache_max_age;  /* WasmCacheMaxAge */
 
 #define WASM_CACHE_MAX_AGE_DEFAULT apr_time_from_sec(24 * 3600)
@@ -423,6 +424,29 @@ static const char *wasm_cmd_pool_slots(cmd_parms *cmd, void *dconf,
     return NULL;
 }
 
+static const char *wasm_cmd_pool_shards(cmd_parms *cmd, void *dconf,
+                                        const char *arg)
+{
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+    char *end;
+    long n;
+
+    if (err) {
+        return err;
+    }
+    if (!strcasecmp(arg, "auto")) {
+        wasm_pool_shards = 0;
+        return NULL;
+    }
+    n = strtol(arg, &end, 10);
+    if (*end || n < 1 || n > 1024) {
+        return apr_psprintf(cmd->pool, "WasmPoolShards: '%s' is neither 'auto' "
+                            "nor a number between 1 and 1024", arg);
+    }
+    wasm_pool_shards = (int)n;
+    return NULL;
+}
+
 static const command_rec wasm_cmds[] = {
     AP_INIT_TAKE1("WasmModule", wasm_cmd_module, NULL, RSRC_CONF | ACCESS_CONF,
                   "path of the WebAssembly (WASI command) module to run"),
@@ -467,6 +491,9 @@ static const command_rec wasm_cmds[] = {
                   "(default 24h)"),
     AP_INIT_TAKE1("WasmPoolSlots", wasm_cmd_pool_slots, NULL, RSRC_CONF,
                   "instance slots per child (default ThreadsPerChild + 1)"),
+    AP_INIT_TAKE1("WasmPoolShards", wasm_cmd_pool_shards, NULL, RSRC_CONF,
+                  "engines a child splits its slots over, or 'auto' "
+                  "(default: one per CPU, at most 8, two slots each at least)"),
     {NULL}
 };
 
@@ -478,6 +505,7 @@ static int wasm_pre_config(apr_pool_t *pconf, apr_pool_t *plog,
     wasm_modules = apr_array_make(pconf, 4, sizeof(wasm_module_rec));
     wasm_cache_dir = NULL;
     wasm_pool_slots = 0;
+    wasm_pool_shards = 0;
     wasm_cache_max_age = WASM_CACHE_MAX_AGE_DEFAULT;
     return OK;
 }
@@ -618,7 +646,8 @@ static void wasm_child_init(apr_pool_t *pchild, server_rec *s)
      * so that Wasmtime's trap handlers run first (and chain to Apache's for
      * faults that are not guest traps). */
     if (wasm_rt_runtime_new(paths, names, traps, loaded, (uint32_t)slots,
-                            &wasm_runtime, &error) != WASM_RT_OK) {
+                            (uint32_t)wasm_pool_shards, &wasm_runtime,
+                            &error) != WASM_RT_OK) {
         ap_log_error(APLOG_MARK, APLOG_CRIT, 0, s, WASMLOGNO(00004)
                      "cannot start the WebAssembly runtime in this child: %s",
                      error ? error : "unknown error");

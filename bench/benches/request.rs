@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mod_wasm_bench::{request, runtime};
+use mod_wasm_bench::{request, runtime, runtime_sharded};
 use wasm_runtime::engine::Flavor;
 
 const ENV: usize = 22;
@@ -74,13 +74,19 @@ fn response_sizes(c: &mut Criterion) {
     g.finish();
 }
 
-/// Time per request with `threads` threads sharing one runtime.
+/// Time per request with `threads` threads sharing one runtime, whose pool
+/// is sharded as in a server child (one engine per CPU) or kept in one engine.
 fn threads(c: &mut Criterion) {
-    let rt = Arc::new(runtime(&["hello"], 8, Flavor::default()));
+    let sharded = Arc::new(runtime(&["hello"], 8, Flavor::default()));
+    let single = Arc::new(runtime_sharded(&["hello"], 8, 1, Flavor::default()));
     let mut g = c.benchmark_group("threads");
-    for n in [1u64, 2] {
+    for (name, n, rt) in [
+        ("1", 1u64, &sharded),
+        ("2", 2, &sharded),
+        ("2, one engine", 2, &single),
+    ] {
         g.throughput(Throughput::Elements(1));
-        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
+        g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let per = iters.div_ceil(n);
                 let start = Instant::now();

@@ -11,6 +11,7 @@
 //! (WasmArg), `--dir GUEST=HOST` (read-only WasmMapDir), `--query Q`,
 //! `--threads N` (N threads share the runtime, each runs COUNT requests),
 //! `--slots N` (instance slots, default 4; Apache's default is ThreadsPerChild + 1),
+//! `--shards N` (engines the pool is split into; default as a server child),
 //! `--gap-us N` (sleep N µs between requests, as a server thread waits for
 //! the next one: caches and branch predictors cool down in between).
 
@@ -23,16 +24,18 @@ use wasm_runtime::Preopen;
 
 fn main() {
     let mut argv = std::env::args().skip(1);
-    let usage = "usage: api_requests MODULE.wasm COUNT [--trap] [--arg A] [--dir G=H] [--query Q] [--threads N] [--slots N] [--gap-us N]";
+    let usage = "usage: api_requests MODULE.wasm COUNT [--trap] [--arg A] [--dir G=H] [--query Q] [--threads N] [--slots N] [--shards N] [--gap-us N]";
     let module = PathBuf::from(argv.next().expect(usage));
     let count: usize = argv.next().and_then(|n| n.parse().ok()).expect(usage);
     let (mut trap, mut args, mut dirs, mut query) = (false, vec![], vec![], String::new());
     let mut threads = 1usize;
     let mut slots = 4u32;
     let mut gap = std::time::Duration::ZERO;
+    let mut shards = None;
     while let Some(flag) = argv.next() {
         match flag.as_str() {
             "--trap" => trap = true,
+            "--shards" => shards = Some(argv.next().and_then(|n| n.parse().ok()).expect(usage)),
             "--arg" => args.push(argv.next().expect(usage)),
             "--query" => query = argv.next().expect(usage),
             "--slots" => slots = argv.next().and_then(|n| n.parse().ok()).expect(usage),
@@ -54,7 +57,7 @@ fn main() {
             _ => panic!("{usage}"),
         }
     }
-    let rt = runtime_for(&module, trap, slots);
+    let rt = runtime_for(&module, trap, slots, shards);
     let one = || {
         let mut req = request(22, &query, Bytes::new());
         req.args.extend(args.iter().cloned());

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use wasm_runtime::cache::{precompile_with, Options};
 use wasm_runtime::engine::Flavor;
+use wasm_runtime::runtime::auto_shards;
 use wasm_runtime::{ModuleSpec, Request, Runtime};
 
 /// A guest from `build/guests/`; run `make all` first.
@@ -32,6 +33,11 @@ fn production_env() {
 
 /// A runtime with the given guests, for engine variant `flavor`.
 pub fn runtime(guests: &[&str], slots: u32, flavor: Flavor) -> Runtime {
+    runtime_sharded(guests, slots, auto_shards(slots), flavor)
+}
+
+/// [`runtime`] with the pool split into `shards` engines.
+pub fn runtime_sharded(guests: &[&str], slots: u32, shards: u32, flavor: Flavor) -> Runtime {
     production_env();
     let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../build/bench-cache");
     let specs: Vec<_> = guests
@@ -51,7 +57,7 @@ pub fn runtime(guests: &[&str], slots: u32, flavor: Flavor) -> Runtime {
             trap_unknown_imports: false,
         })
         .collect();
-    Runtime::new_flavored(&specs, slots, flavor).unwrap()
+    Runtime::new_sharded(&specs, slots, shards, flavor).unwrap()
 }
 
 /// A runtime with one interpreter from `build/interp/` (`make all` fetches
@@ -65,12 +71,18 @@ pub fn interpreter(name: &str, trap_unknown_imports: bool) -> Runtime {
         "{} is missing: run `make all` first",
         wasm.display()
     );
-    runtime_for(&wasm, trap_unknown_imports, 4)
+    runtime_for(&wasm, trap_unknown_imports, 4, None)
 }
 
-/// A production-flavoured runtime with `slots` instance slots and the module
-/// at `wasm`, optionally linking unknown imports as traps.
-pub fn runtime_for(wasm: &Path, trap_unknown_imports: bool, slots: u32) -> Runtime {
+/// A production-flavoured runtime with `slots` instance slots in `shards`
+/// engines (`None`: as a server child would choose) and the module at
+/// `wasm`, optionally linking unknown imports as traps.
+pub fn runtime_for(
+    wasm: &Path,
+    trap_unknown_imports: bool,
+    slots: u32,
+    shards: Option<u32>,
+) -> Runtime {
     production_env();
     let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../build/bench-cache");
     let opts = Options {
@@ -87,7 +99,8 @@ pub fn runtime_for(wasm: &Path, trap_unknown_imports: bool, slots: u32) -> Runti
             .into(),
         trap_unknown_imports,
     };
-    Runtime::new(&[spec], slots).unwrap()
+    let shards = shards.unwrap_or_else(|| auto_shards(slots));
+    Runtime::new_sharded(&[spec], slots, shards, Flavor::default()).unwrap()
 }
 
 /// A request with `n_env` environment variables shaped like Apache's CGI

@@ -128,15 +128,17 @@ int32_t wasm_rt_parse_size(const char *text, uint64_t *out, char **error);
 /*
  * Creates the runtime of one child process: loads each of the `n` cache
  * entries `cwasm_paths` (named `names[i]` in log messages, linked with
- * trapping stubs for unknown imports when `trap_unknown_imports[i]`) into an
- * engine whose instance pool has `slots` slots (the most requests it can run
- * at once), and starts its epoch thread. Module i is index i in wasm_rt_run.
+ * trapping stubs for unknown imports when `trap_unknown_imports[i]`) into
+ * `shards` engines (0: one per CPU, at most 8, at least two slots each)
+ * whose instance pools have `slots` slots in all (the most requests it can
+ * run at once), and starts their epoch thread. Module i is index i in
+ * wasm_rt_run.
  */
 int32_t wasm_rt_runtime_new(const char *const *cwasm_paths,
                             const char *const *names,
                             const int32_t *trap_unknown_imports, size_t n,
-                            uint32_t slots, wasm_rt_runtime **out,
-                            char **error);
+                            uint32_t slots, uint32_t shards,
+                            wasm_rt_runtime **out, char **error);
 
 /* Destroys a runtime; no request may be running. */
 void wasm_rt_runtime_free(wasm_rt_runtime *rt);

@@ -177,27 +177,32 @@ fn while_dumpable<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
-/// The thread that advances an engine's epoch every [`EPOCH_TICK`].
+/// The thread that advances the epoch of a child's engines every
+/// [`EPOCH_TICK`]: one thread for all of them, so shards cost no wake-ups.
 ///
-/// It holds only a weak reference to the engine and stops when dropped.
+/// It holds only weak references to the engines and stops when dropped.
 pub struct Ticker {
     stop: Arc<AtomicBool>,
 }
 
 impl Ticker {
-    /// Starts ticking `engine`'s epoch.
-    pub fn start(engine: &Engine) -> Result<Ticker> {
+    /// Starts ticking the epoch of every engine in `engines`.
+    pub fn start<'a>(engines: impl IntoIterator<Item = &'a Engine>) -> Result<Ticker> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let weak = engine.weak();
+        let weak: Vec<_> = engines.into_iter().map(Engine::weak).collect();
         thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     thread::sleep(EPOCH_TICK);
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => break,
+                    let mut alive = false;
+                    for engine in weak.iter().filter_map(|w| w.upgrade()) {
+                        engine.increment_epoch();
+                        alive = true;
+                    }
+                    if !alive {
+                        break;
                     }
                 }
             })

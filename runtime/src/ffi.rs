@@ -17,11 +17,12 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use crate::cache::Options;
+use crate::engine::Flavor;
 use crate::error::{Code, Error, Result};
 use crate::isolate::precompile_isolated;
 use crate::pipe::Output;
 use crate::request::{Limits, Preopen, Request};
-use crate::runtime::{ModuleSpec, Runtime};
+use crate::runtime::{auto_shards, ModuleSpec, Runtime};
 
 /// Opaque runtime handle handed to C.
 pub type wasm_rt_runtime = Runtime;
@@ -316,6 +317,7 @@ pub unsafe extern "C" fn wasm_rt_runtime_new(
     trap_unknown_imports: *const i32,
     n: usize,
     slots: u32,
+    shards: u32,
     out: *mut *mut wasm_rt_runtime,
     error: *mut *mut c_char,
 ) -> i32 {
@@ -338,7 +340,11 @@ pub unsafe extern "C" fn wasm_rt_runtime_new(
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let rt = Runtime::new(&specs, slots)?;
+        let shards = match shards {
+            0 => auto_shards(slots),
+            n => n,
+        };
+        let rt = Runtime::new_sharded(&specs, slots, shards, Flavor::default())?;
         unsafe { *out = Box::into_raw(Box::new(rt)) };
         Ok(())
     });

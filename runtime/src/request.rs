@@ -102,7 +102,7 @@ pub struct Outcome {
 impl Runtime {
     /// Runs module `index` for one request.
     pub fn run(&self, index: usize, req: Request<'_>) -> Outcome {
-        let Some(module) = self.modules.get(index) else {
+        let Some(module) = self.module(index) else {
             return Outcome::failed(Error::new(
                 Code::InvalidArgument,
                 format!("no module with index {index}"),
@@ -121,6 +121,11 @@ impl Runtime {
                 ),
             ));
         }
+        let Some(lease) = self.lease() else {
+            return Outcome::failed(self.pool_exhausted(&module.name));
+        };
+        // The same module, loaded into the leased shard's engine.
+        let module = &lease.shard.modules[index];
         let stdout = CappedPipe::new(req.limits.max_output, Overflow::Trap);
         let stderr = CappedPipe::new(MAX_STDERR, Overflow::Truncate);
         let mut wasi = WasiCtxBuilder::new();
@@ -152,7 +157,7 @@ impl Runtime {
         // A Store is the unit of per-request isolation: it owns the instance
         // and its pooled memory, and dies with the request.
         let mut store = Store::new(
-            &self.engine,
+            &lease.shard.engine,
             Host {
                 wasi: wasi.build_p1(),
                 environ: if module.reads_env {
@@ -197,7 +202,9 @@ impl Runtime {
                 Err(e) => classify(&module.name, e, timeout),
             }
         });
+        // The slot returns to the pool with the store, before the lease ends.
         drop(store);
+        drop(lease);
 
         let (stdout, stdout_over) = stdout.take();
         let (stderr, stderr_truncated) = stderr.take();
@@ -225,16 +232,21 @@ impl Runtime {
         }
     }
 
+    fn pool_exhausted(&self, name: &str) -> Error {
+        Error::new(
+            Code::PoolExhausted,
+            format!(
+                "{name}: all {} instance slots of this child are busy; raise WasmPoolSlots \
+                 or lower the MPM's ThreadsPerChild",
+                self.slots
+            ),
+        )
+    }
+
     fn instantiate_error(&self, name: &str, e: wasmtime::Error) -> Error {
+        // Leases keep each shard within its pool; this is the pool's own word.
         if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
-            return Error::new(
-                Code::PoolExhausted,
-                format!(
-                    "{name}: all {} instance slots of this child are busy; raise WasmPoolSlots \
-                     or lower the MPM's ThreadsPerChild",
-                    self.slots
-                ),
-            );
+            return self.pool_exhausted(name);
         }
         // A trap in a start function, or a memory that cannot be created.
         match e.downcast_ref::<Trap>() {

@@ -80,9 +80,9 @@ fn prototypes_match() {
             wasm_rt_parse_size as unsafe extern "C" fn(*const c_char, *mut u64, *mut *mut c_char) -> i32 as usize,
         ),
         (
-            "int32_t wasm_rt_runtime_new(const char *const *cwasm_paths, const char *const *names, const int32_t *trap_unknown_imports, size_t n, uint32_t slots, wasm_rt_runtime **out, char **error);",
+            "int32_t wasm_rt_runtime_new(const char *const *cwasm_paths, const char *const *names, const int32_t *trap_unknown_imports, size_t n, uint32_t slots, uint32_t shards, wasm_rt_runtime **out, char **error);",
             wasm_rt_runtime_new
-                as unsafe extern "C" fn(*const *const c_char, *const *const c_char, *const i32, usize, u32, *mut *mut wasm_rt_runtime, *mut *mut c_char) -> i32
+                as unsafe extern "C" fn(*const *const c_char, *const *const c_char, *const i32, usize, u32, u32, *mut *mut wasm_rt_runtime, *mut *mut c_char) -> i32
                 as usize,
         ),
         ("void wasm_rt_runtime_free(wasm_rt_runtime *rt);", wasm_rt_runtime_free as unsafe extern "C" fn(*mut wasm_rt_runtime) as usize),

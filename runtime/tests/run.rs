@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasm_runtime::cache::precompile;
+use wasm_runtime::engine::Flavor;
+use wasm_runtime::runtime::auto_shards;
 use wasm_runtime::{Code, Limits, ModuleSpec, Request, Runtime};
 
 /// WASI imports and a `write(fd, offset, len)` helper shared by the guests.
@@ -35,19 +37,27 @@ fn runtime(name: &str, body: &str, slots: u32) -> Runtime {
     runtime_of(name, &format!("(module {PRELUDE} {body})"), slots)
 }
 
-/// A runtime with one module, the whole of it written in `wat`.
+/// A runtime with one module, the whole of it written in `wat`, sharded as
+/// a server child would be.
 fn runtime_of(name: &str, wat: &str, slots: u32) -> Runtime {
+    runtime_sharded(name, wat, slots, auto_shards(slots))
+}
+
+/// [`runtime_of`] with the pool split into `shards` engines.
+fn runtime_sharded(name: &str, wat: &str, slots: u32, shards: u32) -> Runtime {
     let d = scratch(name);
     let wasm = d.join(format!("{name}.wasm"));
     std::fs::write(&wasm, wat::parse_str(wat).unwrap()).unwrap();
     let compiled = precompile(&wasm, &d.join("cache")).unwrap();
-    Runtime::new(
+    Runtime::new_sharded(
         &[ModuleSpec {
             cwasm: compiled.cwasm,
             name: name.into(),
             trap_unknown_imports: false,
         }],
         slots,
+        shards,
+        Flavor::default(),
     )
     .unwrap()
 }
@@ -355,6 +365,55 @@ fn a_full_pool_is_reported_as_exhausted() {
     assert_eq!(e.code.http_status(), 503);
     assert!(e.message.contains("WasmPoolSlots"), "{}", e.message);
     assert_eq!(busy.join().unwrap(), Code::Timeout);
+}
+
+#[test]
+fn the_slots_of_all_shards_add_up_and_every_shard_times_out() {
+    let rt = Arc::new(runtime_sharded(
+        "shards",
+        &format!(r#"(module {PRELUDE} (func (export "_start") (loop $l (br $l))))"#),
+        2,
+        2,
+    ));
+    assert_eq!(rt.shard_count(), 2);
+    // Two requests hold one slot each, wherever their threads run: the
+    // second finds its CPU's shard full (or not) and takes the other one.
+    let (done, finished) = std::sync::mpsc::channel();
+    for _ in 0..2 {
+        let (rt, done) = (rt.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut req = request();
+            req.limits.timeout = Duration::from_millis(1500);
+            done.send(rt.run(0, req).result.unwrap_err().code).unwrap();
+        });
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let e = rt.run(0, request()).result.unwrap_err();
+    assert_eq!(e.code, Code::PoolExhausted);
+    assert!(e.message.contains("all 2 instance slots"), "{}", e.message);
+    // Each shard's engine is ticked: both guests are stopped in time.
+    for _ in 0..2 {
+        let code = finished.recv_timeout(Duration::from_secs(10));
+        assert_eq!(code, Ok(Code::Timeout));
+    }
+    let mut req = request();
+    req.limits.timeout = Duration::from_millis(50);
+    assert_eq!(rt.run(0, req).result.unwrap_err().code, Code::Timeout);
+}
+
+#[test]
+fn shards_are_one_per_cpu_within_bounds() {
+    let cpus = std::thread::available_parallelism().unwrap().get() as u32;
+    // A prefork child (one thread, two slots) keeps one engine.
+    assert_eq!(auto_shards(2), 1);
+    assert_eq!(auto_shards(1), 1);
+    assert_eq!(auto_shards(26), cpus.clamp(1, 8).min(13));
+    assert_eq!(auto_shards(1000), cpus.clamp(1, 8));
+    // Asked for more shards than slots: one slot each.
+    assert_eq!(
+        runtime_sharded("fewslots", &format!("(module {PRELUDE})"), 2, 5).shard_count(),
+        2
+    );
 }
 
 #[test]

@@ -107,6 +107,33 @@ fn a_full_pool_answers_503_and_names_the_limit() {
 }
 
 #[test]
+fn the_slots_of_every_shard_serve_and_each_shard_stops_its_guests() {
+    // Two shards of one slot: two guests run at once wherever their threads
+    // are, a third request finds no slot, and both time out (each shard's
+    // engine is ticked).
+    let site = format!(
+        "ServerLimit 1\nMaxRequestWorkers 8\nWasmPoolSlots 2\nWasmPoolShards 2\n{}",
+        fault_site("  WasmTimeout 2\n")
+    );
+    let s = Apache::start(&site);
+    let port = s.port;
+    let busy: Vec<_> = (0..2)
+        .map(|_| std::thread::spawn(move || get(port, "/fault?loop").status))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(get(s.port, "/hello").status, 503);
+    for b in busy {
+        assert_eq!(b.join().unwrap(), 504);
+    }
+    assert!(
+        s.error_log().contains("all 2 instance slots"),
+        "{}",
+        s.error_log()
+    );
+    assert_eq!(get(s.port, "/hello").status, 200);
+}
+
+#[test]
 fn a_module_that_cannot_start_within_its_memory_limit_is_named() {
     // hello's memory starts at 128 KiB.
     let site = format!(
@@ -150,6 +177,8 @@ fn bad_limit_values_fail_configtest_naming_the_directive() {
         ("WasmMaxMemory 1K", "WasmMaxMemory"),
         ("WasmMaxOutput -5", "WasmMaxOutput"),
         ("WasmPoolSlots none", "WasmPoolSlots"),
+        ("WasmPoolShards 0", "WasmPoolShards"),
+        ("WasmPoolShards many", "WasmPoolShards"),
     ] {
         let (ok, out) = configtest(&Options::new(&format!("{directive}\n")));
         assert!(!ok, "{directive} passed configtest");
