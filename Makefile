@@ -38,7 +38,9 @@ deps:
 $(BUILD)/libwasm_runtime.so: $(RUNTIME_SRC) Cargo.lock
 	$(CARGO) build --release --locked -p wasm_runtime
 	@mkdir -p $(BUILD)
-	cp $(PROFILE_DIR)/libwasm_runtime.so $@
+	@# A new file, not a rewrite in place: a running server (make run, a
+	@# perf script) maps this one, and rewriting it crashes its children.
+	install -m 644 $(PROFILE_DIR)/libwasm_runtime.so $@
 
 # The module finds libwasm_runtime.so next to itself ($ORIGIN): LoadModule
 # alone is enough, no LD_LIBRARY_PATH.
@@ -46,7 +48,7 @@ $(BUILD)/mod_wasm.so: mod_wasm_c/mod_wasm.c runtime/include/wasm_runtime.h $(BUI
 	cd mod_wasm_c && $(APXS) -c -Wc,-Wall -Wc,-Wextra -Wc,-Wno-unused-parameter \
 	    -I ../runtime/include -o mod_wasm.so mod_wasm.c \
 	    -L../$(BUILD) -lwasm_runtime '-Wl,-rpath,\$$ORIGIN' >/dev/null
-	cp mod_wasm_c/.libs/mod_wasm.so $@
+	install -m 644 mod_wasm_c/.libs/mod_wasm.so $@
 
 $(BUILD)/guests/%.wasm: guests/%.c
 	@mkdir -p $(dir $@)

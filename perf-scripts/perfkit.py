@@ -13,6 +13,15 @@ import sys
 import time
 from pathlib import Path
 
+def _exit_on_signal(signum, _frame):
+    # SIGTERM or SIGHUP (a closed terminal) becomes an exception, so the
+    # scripts' `finally` blocks stop the servers they started.
+    raise SystemExit(128 + signum)
+
+
+for _sig in (signal.SIGTERM, signal.SIGHUP):
+    signal.signal(_sig, _exit_on_signal)
+
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "perf"
 
