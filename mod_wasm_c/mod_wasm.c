@@ -439,9 +439,11 @@ static const char *wasm_cmd_pool_shards(cmd_parms *cmd, void *dconf,
         return NULL;
     }
     n = strtol(arg, &end, 10);
-    if (*end || n < 1 || n > 1024) {
+    /* Each shard loads every module again: 64 is already far past the
+     * point where more shards help. */
+    if (*end || n < 1 || n > 64) {
         return apr_psprintf(cmd->pool, "WasmPoolShards: '%s' is neither 'auto' "
-                            "nor a number between 1 and 1024", arg);
+                            "nor a number between 1 and 64", arg);
     }
     wasm_pool_shards = (int)n;
     return NULL;
@@ -492,8 +494,8 @@ static const command_rec wasm_cmds[] = {
     AP_INIT_TAKE1("WasmPoolSlots", wasm_cmd_pool_slots, NULL, RSRC_CONF,
                   "instance slots per child (default ThreadsPerChild + 1)"),
     AP_INIT_TAKE1("WasmPoolShards", wasm_cmd_pool_shards, NULL, RSRC_CONF,
-                  "engines a child splits its slots over, or 'auto' "
-                  "(default: one per CPU, at most 8, two slots each at least)"),
+                  "engines a child spreads its slots over, or 'auto' "
+                  "(default: one per CPU, at most 8, at least two slots each)"),
     {NULL}
 };
 

@@ -15,12 +15,17 @@ from pathlib import Path
 
 def _exit_on_signal(signum, _frame):
     # SIGTERM or SIGHUP (a closed terminal) becomes an exception, so the
-    # scripts' `finally` blocks stop the servers they started.
+    # scripts' `finally` blocks stop the servers they started; a second
+    # signal must not cut that clean-up short.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     raise SystemExit(128 + signum)
 
 
 for _sig in (signal.SIGTERM, signal.SIGHUP):
-    signal.signal(_sig, _exit_on_signal)
+    # Under nohup SIGHUP is ignored, and must stay so.
+    if signal.getsignal(_sig) is not signal.SIG_IGN:
+        signal.signal(_sig, _exit_on_signal)
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "perf"

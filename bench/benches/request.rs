@@ -78,7 +78,7 @@ fn response_sizes(c: &mut Criterion) {
 /// is sharded as in a server child (one engine per CPU) or kept in one engine.
 fn threads(c: &mut Criterion) {
     let sharded = Arc::new(runtime(&["hello"], 8, Flavor::default()));
-    let single = Arc::new(runtime_sharded(&["hello"], 8, 1, Flavor::default()));
+    let single = Arc::new(runtime_sharded(&["hello"], 8, Some(1), Flavor::default()));
     let mut g = c.benchmark_group("threads");
     for (name, n, rt) in [
         ("1", 1u64, &sharded),

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use wasm_runtime::cache::{precompile_with, Options};
 use wasm_runtime::engine::Flavor;
-use wasm_runtime::runtime::auto_shards;
 use wasm_runtime::{ModuleSpec, Request, Runtime};
 
 /// A guest from `build/guests/`; run `make all` first.
@@ -33,11 +32,17 @@ fn production_env() {
 
 /// A runtime with the given guests, for engine variant `flavor`.
 pub fn runtime(guests: &[&str], slots: u32, flavor: Flavor) -> Runtime {
-    runtime_sharded(guests, slots, auto_shards(slots), flavor)
+    runtime_sharded(guests, slots, None, flavor)
 }
 
-/// [`runtime`] with the pool split into `shards` engines.
-pub fn runtime_sharded(guests: &[&str], slots: u32, shards: u32, flavor: Flavor) -> Runtime {
+/// [`runtime`] with the pool split into `shards` engines (`None`: as a
+/// server child would choose).
+pub fn runtime_sharded(
+    guests: &[&str],
+    slots: u32,
+    shards: Option<u32>,
+    flavor: Flavor,
+) -> Runtime {
     production_env();
     let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../build/bench-cache");
     let specs: Vec<_> = guests
@@ -99,7 +104,6 @@ pub fn runtime_for(
             .into(),
         trap_unknown_imports,
     };
-    let shards = shards.unwrap_or_else(|| auto_shards(slots));
     Runtime::new_sharded(&[spec], slots, shards, Flavor::default()).unwrap()
 }
 

@@ -129,10 +129,10 @@ int32_t wasm_rt_parse_size(const char *text, uint64_t *out, char **error);
  * Creates the runtime of one child process: loads each of the `n` cache
  * entries `cwasm_paths` (named `names[i]` in log messages, linked with
  * trapping stubs for unknown imports when `trap_unknown_imports[i]`) into
- * `shards` engines (0: one per CPU, at most 8, at least two slots each)
- * whose instance pools have `slots` slots in all (the most requests it can
- * run at once), and starts their epoch thread. Module i is index i in
- * wasm_rt_run.
+ * `shards` engines (0: one per CPU, at most 8, at least two slots each;
+ * never more than `slots`) whose instance pools share exactly `slots` slots
+ * (the most requests it can run at once), and starts their epoch thread.
+ * Module i is index i in wasm_rt_run.
  */
 int32_t wasm_rt_runtime_new(const char *const *cwasm_paths,
                             const char *const *names,

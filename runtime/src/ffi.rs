@@ -22,7 +22,7 @@ use crate::error::{Code, Error, Result};
 use crate::isolate::precompile_isolated;
 use crate::pipe::Output;
 use crate::request::{Limits, Preopen, Request};
-use crate::runtime::{auto_shards, ModuleSpec, Runtime};
+use crate::runtime::{ModuleSpec, Runtime};
 
 /// Opaque runtime handle handed to C.
 pub type wasm_rt_runtime = Runtime;
@@ -340,10 +340,7 @@ pub unsafe extern "C" fn wasm_rt_runtime_new(
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let shards = match shards {
-            0 => auto_shards(slots),
-            n => n,
-        };
+        let shards = (shards != 0).then_some(shards);
         let rt = Runtime::new_sharded(&specs, slots, shards, Flavor::default())?;
         unsafe { *out = Box::into_raw(Box::new(rt)) };
         Ok(())

@@ -20,6 +20,7 @@ pub mod limits;
 pub mod pipe;
 pub mod request;
 pub mod runtime;
+pub mod shard;
 
 pub use error::{Code, Error, Result};
 pub use request::{Limits, Outcome, Preopen, Request};

@@ -124,8 +124,8 @@ impl Runtime {
         let Some(lease) = self.lease() else {
             return Outcome::failed(self.pool_exhausted(&module.name));
         };
-        // The same module, loaded into the leased shard's engine.
-        let module = &lease.shard.modules[index];
+        // An `InstancePre` belongs to one engine: use the leased shard's copy.
+        let module = &lease.shard().modules[index];
         let stdout = CappedPipe::new(req.limits.max_output, Overflow::Trap);
         let stderr = CappedPipe::new(MAX_STDERR, Overflow::Truncate);
         let mut wasi = WasiCtxBuilder::new();
@@ -157,7 +157,7 @@ impl Runtime {
         // A Store is the unit of per-request isolation: it owns the instance
         // and its pooled memory, and dies with the request.
         let mut store = Store::new(
-            &lease.shard.engine,
+            &lease.shard().engine,
             Host {
                 wasi: wasi.build_p1(),
                 environ: if module.reads_env {
@@ -244,7 +244,8 @@ impl Runtime {
     }
 
     fn instantiate_error(&self, name: &str, e: wasmtime::Error) -> Error {
-        // Leases keep each shard within its pool; this is the pool's own word.
+        // Leases keep each shard within its pool, so this should not happen;
+        // kept in case Wasmtime counts a slot longer than the store lives.
         if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
             return self.pool_exhausted(name);
         }

@@ -3,7 +3,6 @@
 //! every worker thread.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use wasmtime::{Engine, ExternType, InstancePre, Module, ModuleExport};
 
@@ -11,6 +10,7 @@ use crate::engine::{runtime_engine, Flavor, PoolSize, Ticker};
 use crate::environ;
 use crate::error::{chain, Code, Error, Result};
 use crate::host::{self, Host};
+use crate::shard::{auto_shards, split, take, HomeShards, SlotCounter};
 
 /// A module to load into a child: its cache entry and a name for log lines.
 #[derive(Debug, Clone)]
@@ -42,13 +42,12 @@ pub struct Loaded {
 
 /// Everything a child process needs to run requests.
 ///
-/// The instance pool is split into shards, each an engine with its own pool
-/// and its own copy of every module, and a request runs in the shard of the
-/// CPU it runs on. Threads sharing one engine contend on its pool's locks and
-/// reference counts: the hello request path scaled 1.26x from one thread to
-/// two with one engine, 1.78x with one engine per thread.
+/// The instance pool is split into shards (see `shard.rs`), each an engine
+/// with its own pool and its own copy of every module; a request runs in the
+/// shard of the CPU it runs on.
 pub struct Runtime {
     pub(crate) shards: Vec<Shard>,
+    homes: HomeShards,
     /// Slots in all shards, for the message when they run out.
     pub(crate) slots: u32,
     /// Whether epochs (and so timeouts) are on.
@@ -56,57 +55,37 @@ pub struct Runtime {
     _ticker: Option<Ticker>,
 }
 
-/// One engine, its pool of `slots` instance slots and the modules loaded
-/// into it. Aligned so that two shards' counters never share a cache line.
-#[repr(align(128))]
+/// One engine, the modules loaded into it, and its share of the slots.
 pub(crate) struct Shard {
     pub(crate) engine: Engine,
+    /// An `InstancePre` belongs to one engine: each shard has its own.
     pub(crate) modules: Vec<Loaded>,
-    /// Requests running in this shard; never more than `slots`, so the pool
-    /// itself never runs out.
-    busy: AtomicU32,
-    slots: u32,
+    counter: SlotCounter,
 }
 
-/// A slot held in a shard for the length of one request.
+impl AsRef<SlotCounter> for Shard {
+    fn as_ref(&self) -> &SlotCounter {
+        &self.counter
+    }
+}
+
+/// A slot held in a shard for the length of one request; only
+/// [`Runtime::lease`] makes one, after taking the slot.
 pub(crate) struct Lease<'a> {
-    pub(crate) shard: &'a Shard,
+    shard: &'a Shard,
+}
+
+impl<'a> Lease<'a> {
+    /// The shard the slot is in.
+    pub(crate) fn shard(&self) -> &'a Shard {
+        self.shard
+    }
 }
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        self.shard.busy.fetch_sub(1, Ordering::Release);
+        self.shard.counter.give_back();
     }
-}
-
-impl Shard {
-    fn lease(&self) -> Option<Lease<'_>> {
-        self.busy
-            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |b| {
-                (b < self.slots).then_some(b + 1)
-            })
-            .ok()
-            .map(|_| Lease { shard: self })
-    }
-}
-
-/// Most shards a child splits its pool into when not told otherwise: each
-/// loads every module again, so a many-CPU host does not get one per CPU.
-pub const MAX_AUTO_SHARDS: u32 = 8;
-
-/// Shards for a pool of `slots`: one per CPU this process may run on, at
-/// most [`MAX_AUTO_SHARDS`], and at least two slots in each (so a prefork
-/// child, one thread and two slots, keeps a single engine).
-pub fn auto_shards(slots: u32) -> u32 {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cpus as u32).min(MAX_AUTO_SHARDS).min(slots / 2).max(1)
-}
-
-/// The CPU the calling thread runs on (0 when the kernel cannot say).
-fn current_cpu() -> usize {
-    // SAFETY: no arguments; glibc reads it from the thread's rseq area.
-    let cpu = unsafe { libc::sched_getcpu() };
-    usize::try_from(cpu).unwrap_or(0)
 }
 
 impl Runtime {
@@ -124,22 +103,25 @@ impl Runtime {
     /// [`Runtime::new`] for an engine variant (benchmarks); modules must
     /// have been compiled for the same variant.
     pub fn new_flavored(specs: &[ModuleSpec], slots: u32, flavor: Flavor) -> Result<Runtime> {
-        Runtime::new_sharded(specs, slots, auto_shards(slots), flavor)
+        Runtime::new_sharded(specs, slots, None, flavor)
     }
 
     /// [`Runtime::new_flavored`] with the pool split into `shards` engines
-    /// (at least one; each gets an equal share of `slots`, rounded up).
+    /// (`None`: [`auto_shards`]; never more shards than slots). The slots
+    /// are spread over the shards, adding up to exactly `slots`.
+    ///
+    /// # Errors
+    /// As [`Runtime::new`].
     pub fn new_sharded(
         specs: &[ModuleSpec],
         slots: u32,
-        shards: u32,
+        shards: Option<u32>,
         flavor: Flavor,
     ) -> Result<Runtime> {
         // Pool limits come from the modules themselves; loading them needs an
         // engine, so read them with a small probe engine first.
         let probe = runtime_engine(&PoolSize::probe(), flavor)?;
-        let shards = shards.clamp(1, slots.max(1));
-        let mut pool = PoolSize::with_slots(slots.max(1).div_ceil(shards));
+        let mut pool = PoolSize::with_slots(1);
         for spec in specs {
             let module = load(&probe, spec)?;
             let need = module.resources_required();
@@ -150,8 +132,25 @@ impl Runtime {
             }
         }
         drop(probe);
-        let shards = (0..shards)
-            .map(|_| Shard::new(specs, &pool, flavor))
+        let shares = split(slots, shards.unwrap_or_else(|| auto_shards(slots)));
+        let count = shares.len();
+        let shards = shares
+            .iter()
+            .enumerate()
+            .map(|(i, &share)| {
+                Shard::new(
+                    specs,
+                    &PoolSize {
+                        slots: share,
+                        ..pool
+                    },
+                    flavor,
+                )
+                .map_err(|e| match count {
+                    1 => e,
+                    _ => Error::new(e.code, format!("shard {} of {count}: {}", i + 1, e.message)),
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         let ticker = if flavor.epochs {
             Some(Ticker::start(shards.iter().map(|s| &s.engine))?)
@@ -159,7 +158,8 @@ impl Runtime {
             None
         };
         Ok(Runtime {
-            slots: pool.slots * shards.len() as u32,
+            slots: shares.iter().sum(),
+            homes: HomeShards::new(count),
             shards,
             epochs: flavor.epochs,
             _ticker: ticker,
@@ -169,9 +169,7 @@ impl Runtime {
     /// A slot for one request: in the shard of the calling thread's CPU,
     /// or in the next one with a free slot; `None` when all are busy.
     pub(crate) fn lease(&self) -> Option<Lease<'_>> {
-        let n = self.shards.len();
-        let home = if n == 1 { 0 } else { current_cpu() % n };
-        (0..n).find_map(|i| self.shards[(home + i) % n].lease())
+        take(&self.shards, self.homes.current()).map(|shard| Lease { shard })
     }
 
     /// Module `index` as loaded into the first shard (every shard has the
@@ -180,13 +178,14 @@ impl Runtime {
         self.shards[0].modules.get(index)
     }
 
-    /// Number of shards the pool is split into.
-    pub fn shard_count(&self) -> usize {
-        self.shards.len()
+    /// The number of slots in each shard, in shard order.
+    pub fn shard_slots(&self) -> Vec<u32> {
+        self.shards.iter().map(|s| s.counter.slots()).collect()
     }
 }
 
 impl Shard {
+    /// An engine with a pool of `pool.slots` slots and every module in it.
     fn new(specs: &[ModuleSpec], pool: &PoolSize, flavor: Flavor) -> Result<Shard> {
         let engine = runtime_engine(pool, flavor)?;
         let linker = host::linker(&engine)?;
@@ -216,8 +215,7 @@ impl Shard {
         Ok(Shard {
             engine,
             modules,
-            busy: AtomicU32::new(0),
-            slots: pool.slots,
+            counter: SlotCounter::new(pool.slots),
         })
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use wasm_runtime::cache::precompile;
 use wasm_runtime::engine::Flavor;
-use wasm_runtime::runtime::auto_shards;
+use wasm_runtime::shard::auto_shards;
 use wasm_runtime::{Code, Limits, ModuleSpec, Request, Runtime};
 
 /// WASI imports and a `write(fd, offset, len)` helper shared by the guests.
@@ -40,11 +40,11 @@ fn runtime(name: &str, body: &str, slots: u32) -> Runtime {
 /// A runtime with one module, the whole of it written in `wat`, sharded as
 /// a server child would be.
 fn runtime_of(name: &str, wat: &str, slots: u32) -> Runtime {
-    runtime_sharded(name, wat, slots, auto_shards(slots))
+    runtime_sharded(name, wat, slots, None)
 }
 
 /// [`runtime_of`] with the pool split into `shards` engines.
-fn runtime_sharded(name: &str, wat: &str, slots: u32, shards: u32) -> Runtime {
+fn runtime_sharded(name: &str, wat: &str, slots: u32, shards: Option<u32>) -> Runtime {
     let d = scratch(name);
     let wasm = d.join(format!("{name}.wasm"));
     std::fs::write(&wasm, wat::parse_str(wat).unwrap()).unwrap();
@@ -372,27 +372,38 @@ fn the_slots_of_all_shards_add_up_and_every_shard_times_out() {
     let rt = Arc::new(runtime_sharded(
         "shards",
         &format!(r#"(module {PRELUDE} (func (export "_start") (loop $l (br $l))))"#),
-        2,
-        2,
+        3,
+        Some(2),
     ));
-    assert_eq!(rt.shard_count(), 2);
-    // Two requests hold one slot each, wherever their threads run: the
-    // second finds its CPU's shard full (or not) and takes the other one.
+    assert_eq!(rt.shard_slots(), [2, 1]);
+    // Three guests hold a slot each, wherever their threads run: a request
+    // whose CPU's shard is full takes a slot in the other one.
     let (done, finished) = std::sync::mpsc::channel();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let (rt, done) = (rt.clone(), done.clone());
-        std::thread::spawn(move || {
+        std::thread::spawn(move || loop {
             let mut req = request();
-            req.limits.timeout = Duration::from_millis(1500);
-            done.send(rt.run(0, req).result.unwrap_err().code).unwrap();
+            req.limits.timeout = Duration::from_millis(2000);
+            let code = rt.run(0, req).result.unwrap_err().code;
+            // The main thread's probes may hold a slot for a moment.
+            if code != Code::PoolExhausted {
+                break done.send(code).unwrap();
+            }
         });
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let e = rt.run(0, request()).result.unwrap_err();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let e = loop {
+        let mut probe = request();
+        probe.limits.timeout = Duration::from_millis(20);
+        let e = rt.run(0, probe).result.unwrap_err();
+        if e.code == Code::PoolExhausted || Instant::now() > deadline {
+            break e;
+        }
+    };
     assert_eq!(e.code, Code::PoolExhausted);
-    assert!(e.message.contains("all 2 instance slots"), "{}", e.message);
-    // Each shard's engine is ticked: both guests are stopped in time.
-    for _ in 0..2 {
+    assert!(e.message.contains("all 3 instance slots"), "{}", e.message);
+    // Each shard's engine is ticked: every guest is stopped in time.
+    for _ in 0..3 {
         let code = finished.recv_timeout(Duration::from_secs(10));
         assert_eq!(code, Ok(Code::Timeout));
     }
@@ -410,10 +421,8 @@ fn shards_are_one_per_cpu_within_bounds() {
     assert_eq!(auto_shards(26), cpus.clamp(1, 8).min(13));
     assert_eq!(auto_shards(1000), cpus.clamp(1, 8));
     // Asked for more shards than slots: one slot each.
-    assert_eq!(
-        runtime_sharded("fewslots", &format!("(module {PRELUDE})"), 2, 5).shard_count(),
-        2
-    );
+    let rt = runtime_sharded("fewslots", &format!("(module {PRELUDE})"), 2, Some(5));
+    assert_eq!(rt.shard_slots(), [1, 1]);
 }
 
 #[test]

@@ -108,29 +108,54 @@ fn a_full_pool_answers_503_and_names_the_limit() {
 
 #[test]
 fn the_slots_of_every_shard_serve_and_each_shard_stops_its_guests() {
-    // Two shards of one slot: two guests run at once wherever their threads
-    // are, a third request finds no slot, and both time out (each shard's
-    // engine is ticked).
+    // Three slots over two shards: three guests run at once wherever their
+    // threads are, a fourth request finds no slot, and all three time out
+    // (each shard's engine is ticked).
     let site = format!(
-        "ServerLimit 1\nMaxRequestWorkers 8\nWasmPoolSlots 2\nWasmPoolShards 2\n{}",
+        "ServerLimit 1\nMaxRequestWorkers 8\nWasmPoolSlots 3\nWasmPoolShards 2\n{}",
         fault_site("  WasmTimeout 2\n")
     );
     let s = Apache::start(&site);
     let port = s.port;
-    let busy: Vec<_> = (0..2)
-        .map(|_| std::thread::spawn(move || get(port, "/fault?loop").status))
+    let busy: Vec<_> = (0..3)
+        .map(|_| {
+            // A probe below may hold a slot for a moment: then try again.
+            std::thread::spawn(move || loop {
+                match get(port, "/fault?loop").status {
+                    503 => continue,
+                    status => break status,
+                }
+            })
+        })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(get(s.port, "/hello").status, 503);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(s.port, "/hello").status != 503 {
+        assert!(Instant::now() < deadline, "the pool never filled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for b in busy {
         assert_eq!(b.join().unwrap(), 504);
     }
     assert!(
-        s.error_log().contains("all 2 instance slots"),
+        s.error_log().contains("all 3 instance slots"),
         "{}",
         s.error_log()
     );
     assert_eq!(get(s.port, "/hello").status, 200);
+}
+
+#[test]
+fn pool_directives_are_server_wide_and_take_auto() {
+    let (ok, out) = configtest(&Options::new("WasmPoolShards auto\nWasmPoolShards 4\n"));
+    assert!(ok, "{out}");
+    let (ok, out) = configtest(&Options::new(
+        "<VirtualHost *:80>\n  WasmPoolShards 2\n</VirtualHost>\n",
+    ));
+    assert!(!ok, "WasmPoolShards passed in a virtual host");
+    assert!(
+        out.contains("WasmPoolShards") && out.contains("line "),
+        "{out}"
+    );
 }
 
 #[test]
@@ -179,6 +204,7 @@ fn bad_limit_values_fail_configtest_naming_the_directive() {
         ("WasmPoolSlots none", "WasmPoolSlots"),
         ("WasmPoolShards 0", "WasmPoolShards"),
         ("WasmPoolShards many", "WasmPoolShards"),
+        ("WasmPoolShards 65", "WasmPoolShards"),
     ] {
         let (ok, out) = configtest(&Options::new(&format!("{directive}\n")));
         assert!(!ok, "{directive} passed configtest");
