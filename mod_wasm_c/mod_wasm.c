@@ -521,6 +521,15 @@ static int wasm_check_config(apr_pool_t *pconf, apr_pool_t *plog,
 {
     int i;
 
+    if (wasm_rt_abi_version() != WASM_RT_ABI_VERSION) {
+        ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
+                     WASMLOGNO(00045) "mod_wasm.so was built for runtime "
+                     "interface %d but libwasm_runtime.so %s implements %u: "
+                     "install both from the same build",
+                     WASM_RT_ABI_VERSION, wasm_rt_version(),
+                     (unsigned)wasm_rt_abi_version());
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
     if (!wasm_cache_dir) {
         wasm_cache_dir = ap_runtime_dir_relative(pconf, "mod_wasm-cache");
     }

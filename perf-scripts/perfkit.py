@@ -123,6 +123,12 @@ KeepAlive On
 MaxKeepAliveRequests 0
 # Static rows are measured without mmap (noted in the results).
 EnableMMAP Off
+# As Debian's apache2.conf: no .htaccess lookups (six failed opens per
+# request here) and no symlink checks (an lstat per directory from / down).
+<Directory />
+    Options FollowSymLinks
+    AllowOverride None
+</Directory>
 DocumentRoot {BUILD}/htdocs
 WasmCacheDir {ROOT}/build/perf-cache
 {site}

@@ -92,6 +92,15 @@ typedef struct wasm_rt_response {
 /* The runtime's version, e.g. "0.1.0 (wasmtime 48.0.8)". Static storage. */
 const char *wasm_rt_version(void);
 
+/*
+ * The version of this interface. It changes with any change to a prototype
+ * or a struct here; mod_wasm.so refuses to start with a libwasm_runtime.so
+ * whose wasm_rt_abi_version() differs from the WASM_RT_ABI_VERSION it was
+ * compiled with (a mismatched pair would misread arguments, not fail).
+ */
+#define WASM_RT_ABI_VERSION 2
+uint32_t wasm_rt_abi_version(void);
+
 /* Releases a message returned through a `char **error` parameter. */
 void wasm_rt_string_free(char *s);
 

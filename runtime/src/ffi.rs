@@ -202,6 +202,16 @@ pub extern "C" fn wasm_rt_version() -> *const c_char {
     VERSION.as_ptr().cast()
 }
 
+/// The version of the C interface (`WASM_RT_ABI_VERSION` in the header):
+/// bump it with any change to a prototype or a `#[repr(C)]` struct.
+pub const ABI_VERSION: u32 = 2;
+
+/// The version of the C interface this library implements.
+#[no_mangle]
+pub extern "C" fn wasm_rt_abi_version() -> u32 {
+    ABI_VERSION
+}
+
 /// Releases a string the runtime returned.
 ///
 /// # Safety

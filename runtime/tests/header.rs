@@ -43,6 +43,12 @@ fn c_code_name(c: Code) -> String {
 }
 
 #[test]
+fn abi_version_matches() {
+    let decl = format!("#define WASM_RT_ABI_VERSION {ABI_VERSION}");
+    assert!(header().contains(&decl), "header lacks `{decl}`");
+}
+
+#[test]
 fn codes_match() {
     let h = header();
     for c in Code::ALL {
@@ -62,6 +68,7 @@ fn prototypes_match() {
     // type the compiler checks against the `as` cast's signature.
     let protos: &[(&str, usize)] = &[
         ("const char *wasm_rt_version(void);", wasm_rt_version as extern "C" fn() -> *const c_char as usize),
+        ("uint32_t wasm_rt_abi_version(void);", wasm_rt_abi_version as extern "C" fn() -> u32 as usize),
         ("void wasm_rt_string_free(char *s);", wasm_rt_string_free as unsafe extern "C" fn(*mut c_char) as usize),
         (
             "int32_t wasm_rt_precompile(const char *wasm_path, const char *cache_dir, int32_t trap_unknown_imports, char **cwasm_path, int32_t *cache_hit, uint64_t *millis, char **error);",
