@@ -33,6 +33,7 @@
 #define WASMLOGNO(n) "WASM" #n ": "
 
 #define WASM_HANDLER "wasm-handler"
+#define WASM_STATUS_HANDLER "wasm-status"
 /* Request note: microseconds spent in the runtime (%{wasm-run-us}n). */
 #define WASM_RUN_NOTE "wasm-run-us"
 
@@ -1087,6 +1088,40 @@ static int wasm_handler(request_rec *r)
     return wasm_send_response(r, resp, module_path);
 }
 
+/* SetHandler wasm-status: this child's slots, requests and heap, as
+ * "Key: value" lines (the runtime writes them). */
+static int wasm_status_handler(request_rec *r)
+{
+    char *text = NULL, *error = NULL;
+
+    if (!r->handler || strcmp(r->handler, WASM_STATUS_HANDLER) != 0) {
+        return DECLINED;
+    }
+    r->allowed |= (AP_METHOD_BIT << M_GET);
+    if (r->method_number != M_GET) {
+        return HTTP_METHOD_NOT_ALLOWED;
+    }
+    if (!wasm_runtime) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, WASMLOGNO(00046)
+                      "wasm-status: no WebAssembly runtime in this child "
+                      "(no WasmModule configured, or see earlier errors)");
+        return HTTP_SERVICE_UNAVAILABLE;
+    }
+    if (wasm_rt_status(wasm_runtime, &text, &error) != WASM_RT_OK) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, WASMLOGNO(00047)
+                      "wasm-status: %s", error ? error : "failed");
+        wasm_rt_string_free(error);
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    ap_set_content_type(r, "text/plain; charset=utf-8");
+    apr_table_setn(r->headers_out, "Cache-Control", "no-store");
+    if (!r->header_only) {
+        ap_rputs(text, r);
+    }
+    wasm_rt_string_free(text);
+    return OK;
+}
+
 static void wasm_register_hooks(apr_pool_t *p)
 {
     ap_hook_pre_config(wasm_pre_config, NULL, NULL, APR_HOOK_MIDDLE);
@@ -1094,6 +1129,7 @@ static void wasm_register_hooks(apr_pool_t *p)
     ap_hook_post_config(wasm_post_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(wasm_child_init, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(wasm_handler, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_handler(wasm_status_handler, NULL, NULL, APR_HOOK_MIDDLE);
 }
 
 AP_DECLARE_MODULE(wasm) = {

@@ -149,6 +149,13 @@ int32_t wasm_rt_runtime_new(const char *const *cwasm_paths,
                             uint32_t slots, uint32_t shards,
                             wasm_rt_runtime **out, char **error);
 
+/*
+ * Stores in `*text` this child's status for `SetHandler wasm-status`:
+ * `Key: value` lines (slots and requests per shard, requests turned away,
+ * the C heap). Free it with wasm_rt_string_free.
+ */
+int32_t wasm_rt_status(const wasm_rt_runtime *rt, char **text, char **error);
+
 /* Destroys a runtime; no request may be running. */
 void wasm_rt_runtime_free(wasm_rt_runtime *rt);
 

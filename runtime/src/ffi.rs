@@ -372,6 +372,28 @@ pub unsafe extern "C" fn wasm_rt_runtime_free(rt: *mut wasm_rt_runtime) {
     }
 }
 
+/// This child's status text (see `status.rs`).
+///
+/// # Safety
+/// `rt` is NULL or came from `wasm_rt_runtime_new`; `text` and `error` are
+/// NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn wasm_rt_status(
+    rt: *const wasm_rt_runtime,
+    text: *mut *mut c_char,
+    error: *mut *mut c_char,
+) -> i32 {
+    let r = guard("wasm_rt_status", || {
+        if rt.is_null() || text.is_null() {
+            return Err(Error::new(Code::InvalidArgument, "runtime or text is NULL"));
+        }
+        let status = unsafe { &*rt }.status_text();
+        unsafe { *text = c_message(&status).into_raw() };
+        Ok(())
+    });
+    unsafe { report(r, error) }
+}
+
 /// Tells whether a module can read its environment.
 ///
 /// # Safety

@@ -21,6 +21,7 @@ pub mod pipe;
 pub mod request;
 pub mod runtime;
 pub mod shard;
+pub mod status;
 
 pub use error::{Code, Error, Result};
 pub use request::{Limits, Outcome, Preopen, Request};

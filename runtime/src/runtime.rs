@@ -3,6 +3,7 @@
 //! every worker thread.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasmtime::{Engine, ExternType, InstancePre, Module, ModuleExport};
 
@@ -11,6 +12,7 @@ use crate::environ;
 use crate::error::{chain, Code, Error, Result};
 use crate::host::{self, Host};
 use crate::shard::{auto_shards, split, take, HomeShards, SlotCounter};
+use crate::status::ShardStatus;
 
 /// A module to load into a child: its cache entry and a name for log lines.
 #[derive(Debug, Clone)]
@@ -52,6 +54,8 @@ pub struct Runtime {
     pub(crate) slots: u32,
     /// Whether epochs (and so timeouts) are on.
     pub(crate) epochs: bool,
+    /// Requests turned away because every slot was busy.
+    exhausted: AtomicU64,
     _ticker: Option<Ticker>,
 }
 
@@ -162,6 +166,7 @@ impl Runtime {
             homes: HomeShards::new(count),
             shards,
             epochs: flavor.epochs,
+            exhausted: AtomicU64::new(0),
             _ticker: ticker,
         })
     }
@@ -169,18 +174,39 @@ impl Runtime {
     /// A slot for one request: in the shard of the calling thread's CPU,
     /// or in the next one with a free slot; `None` when all are busy.
     pub(crate) fn lease(&self) -> Option<Lease<'_>> {
-        take(&self.shards, self.homes.current()).map(|shard| Lease { shard })
+        let lease = take(&self.shards, self.homes.current()).map(|shard| Lease { shard });
+        if lease.is_none() {
+            self.exhausted.fetch_add(1, Ordering::Relaxed);
+        }
+        lease
+    }
+
+    /// Requests turned away so far because every slot was busy.
+    pub fn exhausted(&self) -> u64 {
+        self.exhausted.load(Ordering::Relaxed)
+    }
+
+    /// Each shard's slots, slots in use and requests served, in shard order.
+    pub fn shard_status(&self) -> Vec<ShardStatus> {
+        self.shards
+            .iter()
+            .map(|s| ShardStatus {
+                slots: s.counter.slots(),
+                busy: s.counter.busy(),
+                served: s.counter.taken(),
+            })
+            .collect()
+    }
+
+    /// Number of modules loaded.
+    pub fn module_count(&self) -> usize {
+        self.shards[0].modules.len()
     }
 
     /// Module `index` as loaded into the first shard (every shard has the
     /// same modules), for what does not depend on the engine.
     pub(crate) fn module(&self, index: usize) -> Option<&Loaded> {
         self.shards[0].modules.get(index)
-    }
-
-    /// The number of slots in each shard, in shard order.
-    pub fn shard_slots(&self) -> Vec<u32> {
-        self.shards.iter().map(|s| s.counter.slots()).collect()
     }
 }
 

@@ -6,7 +6,7 @@
 //! a request goes to the shard of the CPU it runs on, and to another one
 //! only when that shard's slots are all in use.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Most shards a child splits its pool into when not told otherwise: each
 /// loads every module again, so a many-CPU host does not get one per CPU.
@@ -38,6 +38,9 @@ pub(crate) fn split(slots: u32, shards: u32) -> Vec<u32> {
 pub(crate) struct SlotCounter {
     busy: AtomicU32,
     slots: u32,
+    /// Slots given out so far (requests served, for `wasm-status`); on the
+    /// counter's cache line, which the request writes anyway.
+    taken: AtomicU64,
 }
 
 impl SlotCounter {
@@ -45,6 +48,7 @@ impl SlotCounter {
         SlotCounter {
             busy: AtomicU32::new(0),
             slots,
+            taken: AtomicU64::new(0),
         }
     }
 
@@ -53,13 +57,28 @@ impl SlotCounter {
         self.slots
     }
 
+    /// Slots in use now.
+    pub(crate) fn busy(&self) -> u32 {
+        self.busy.load(Ordering::Relaxed)
+    }
+
+    /// Slots given out since the shard was created.
+    pub(crate) fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Relaxed)
+    }
+
     /// Takes a slot if one is free.
     fn try_take(&self) -> bool {
-        self.busy
+        let took = self
+            .busy
             .fetch_update(Ordering::Acquire, Ordering::Relaxed, |b| {
                 (b < self.slots).then_some(b + 1)
             })
-            .is_ok()
+            .is_ok();
+        if took {
+            self.taken.fetch_add(1, Ordering::Relaxed);
+        }
+        took
     }
 
     /// Returns a slot [`take`] gave out.
@@ -165,7 +184,9 @@ mod tests {
         assert!(take(&c, 0).is_some());
         assert!(take(&c, 0).is_none());
         c[0].give_back();
+        assert_eq!((c[0].busy(), c[0].taken()), (1, 2));
         assert!(take(&c, 0).is_some());
+        assert_eq!((c[0].busy(), c[0].taken()), (2, 3));
     }
 
     #[test]

@@ -92,6 +92,10 @@ fn prototypes_match() {
                 as unsafe extern "C" fn(*const *const c_char, *const *const c_char, *const i32, usize, u32, u32, *mut *mut wasm_rt_runtime, *mut *mut c_char) -> i32
                 as usize,
         ),
+        (
+            "int32_t wasm_rt_status(const wasm_rt_runtime *rt, char **text, char **error);",
+            wasm_rt_status as unsafe extern "C" fn(*const wasm_rt_runtime, *mut *mut c_char, *mut *mut c_char) -> i32 as usize,
+        ),
         ("void wasm_rt_runtime_free(wasm_rt_runtime *rt);", wasm_rt_runtime_free as unsafe extern "C" fn(*mut wasm_rt_runtime) as usize),
         (
             "int32_t wasm_rt_module_reads_env(const wasm_rt_runtime *rt, size_t module, int32_t *reads_env);",

@@ -367,6 +367,11 @@ fn a_full_pool_is_reported_as_exhausted() {
     assert_eq!(busy.join().unwrap(), Code::Timeout);
 }
 
+/// Each shard's share of the slots.
+fn slots_of(rt: &Runtime) -> Vec<u32> {
+    rt.shard_status().iter().map(|s| s.slots).collect()
+}
+
 #[test]
 fn the_slots_of_all_shards_add_up_and_every_shard_times_out() {
     let rt = Arc::new(runtime_sharded(
@@ -375,7 +380,7 @@ fn the_slots_of_all_shards_add_up_and_every_shard_times_out() {
         3,
         Some(2),
     ));
-    assert_eq!(rt.shard_slots(), [2, 1]);
+    assert_eq!(slots_of(&rt), [2, 1]);
     // Three guests hold a slot each, wherever their threads run: a request
     // whose CPU's shard is full takes a slot in the other one.
     let (done, finished) = std::sync::mpsc::channel();
@@ -402,6 +407,12 @@ fn the_slots_of_all_shards_add_up_and_every_shard_times_out() {
     };
     assert_eq!(e.code, Code::PoolExhausted);
     assert!(e.message.contains("all 3 instance slots"), "{}", e.message);
+    assert!(rt.exhausted() >= 1);
+    assert!(
+        rt.status_text().contains("Busy: 3\n"),
+        "{}",
+        rt.status_text()
+    );
     // Each shard's engine is ticked: every guest is stopped in time.
     for _ in 0..3 {
         let code = finished.recv_timeout(Duration::from_secs(10));
@@ -410,6 +421,32 @@ fn the_slots_of_all_shards_add_up_and_every_shard_times_out() {
     let mut req = request();
     req.limits.timeout = Duration::from_millis(50);
     assert_eq!(rt.run(0, req).result.unwrap_err().code, Code::Timeout);
+}
+
+#[test]
+fn the_status_counts_requests_per_shard() {
+    let rt = runtime("status", HELLO, 4);
+    for _ in 0..3 {
+        rt.run(0, request()).result.unwrap();
+    }
+    let text = rt.status_text();
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+            .to_string()
+    };
+    assert_eq!(value("Requests"), "3");
+    assert_eq!(value("Busy"), "0");
+    assert_eq!(value("Slots"), "4");
+    assert_eq!(value("PoolExhausted"), "0");
+    assert_eq!(value("Pid"), std::process::id().to_string());
+    let per_shard: u64 = value("RequestsPerShard")
+        .split(' ')
+        .map(|n| n.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(per_shard, 3);
+    assert!(value("HeapInUse").parse::<u64>().unwrap() > 0);
 }
 
 #[test]
@@ -422,7 +459,7 @@ fn shards_are_one_per_cpu_within_bounds() {
     assert_eq!(auto_shards(1000), cpus.clamp(1, 8));
     // Asked for more shards than slots: one slot each.
     let rt = runtime_sharded("fewslots", &format!("(module {PRELUDE})"), 2, Some(5));
-    assert_eq!(rt.shard_slots(), [1, 1]);
+    assert_eq!(slots_of(&rt), [1, 1]);
 }
 
 #[test]

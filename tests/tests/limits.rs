@@ -145,6 +145,42 @@ fn the_slots_of_every_shard_serve_and_each_shard_stops_its_guests() {
 }
 
 #[test]
+fn wasm_status_shows_the_childs_slots_requests_and_heap() {
+    // One child, so that every request below meets the same runtime.
+    let site = format!(
+        "ServerLimit 1\nMaxRequestWorkers 8\nWasmPoolSlots 6\nWasmPoolShards 2\n\
+         <Location /wasm-status>\n  SetHandler wasm-status\n</Location>\n{}",
+        fault_site("")
+    );
+    let s = Apache::start(&site);
+    for _ in 0..3 {
+        assert_eq!(get(s.port, "/hello").status, 200);
+    }
+    let r = get(s.port, "/wasm-status");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    let text = r.text();
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+            .to_string()
+    };
+    assert_eq!(value("Shards"), "2");
+    assert_eq!(value("Slots"), "6");
+    assert_eq!(value("SlotsPerShard"), "3 3");
+    assert_eq!(value("Requests"), "3");
+    assert_eq!(value("Busy"), "0");
+    assert_eq!(value("PoolExhausted"), "0");
+    assert!(value("HeapInUse").parse::<u64>().unwrap() > 0);
+    let post = Request::new("POST", "/wasm-status")
+        .body(b"x".to_vec())
+        .send(s.port)
+        .unwrap();
+    assert_eq!(post.status, 405);
+}
+
+#[test]
 fn pool_directives_are_server_wide_and_take_auto() {
     let (ok, out) = configtest(&Options::new("WasmPoolShards auto\nWasmPoolShards 4\n"));
     assert!(ok, "{out}");
