@@ -205,6 +205,19 @@ WasmCacheDir {ROOT}/build/perf-cache
     def child_rss_kib(self):
         return list(self.child_rss_by_pid().values())
 
+    def child_private_kib(self):
+        """Memory in KiB each child alone holds (private pages: what one
+        more child costs); the rest of its RSS is shared with the parent
+        and the other children (code, mapped .cwasm files)."""
+        out = []
+        for pid in self.pids()[1:]:
+            try:
+                text = (Path("/proc") / str(pid) / "smaps_rollup").read_text()
+            except OSError:
+                continue
+            out.append(sum(int(m) for m in re.findall(r"^Private_(?:Clean|Dirty):\s+(\d+)", text, re.M)))
+        return out
+
     def stop(self):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
