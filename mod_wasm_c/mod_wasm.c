@@ -505,6 +505,19 @@ static const command_rec wasm_cmds[] = {
 static int wasm_pre_config(apr_pool_t *pconf, apr_pool_t *plog,
                            apr_pool_t *ptemp)
 {
+    /* Before any directive calls into the runtime (WasmMaxMemory parses
+     * sizes there): a mismatched pair would misread arguments, not fail. */
+    if (wasm_rt_abi_version() != WASM_RT_ABI_VERSION) {
+        ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, NULL,
+                     WASMLOGNO(00007) "mod_wasm.so was built for runtime "
+                     "interface %d but libwasm_runtime.so %s implements %u: "
+                     "install both from the same build; after an upgrade, "
+                     "stop and start Apache (a graceful restart keeps the "
+                     "old runtime library loaded)",
+                     WASM_RT_ABI_VERSION, wasm_rt_version(),
+                     (unsigned)wasm_rt_abi_version());
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
     wasm_modules = apr_array_make(pconf, 4, sizeof(wasm_module_rec));
     wasm_cache_dir = NULL;
     wasm_pool_slots = 0;
@@ -522,15 +535,6 @@ static int wasm_check_config(apr_pool_t *pconf, apr_pool_t *plog,
 {
     int i;
 
-    if (wasm_rt_abi_version() != WASM_RT_ABI_VERSION) {
-        ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
-                     WASMLOGNO(00045) "mod_wasm.so was built for runtime "
-                     "interface %d but libwasm_runtime.so %s implements %u: "
-                     "install both from the same build",
-                     WASM_RT_ABI_VERSION, wasm_rt_version(),
-                     (unsigned)wasm_rt_abi_version());
-        return HTTP_INTERNAL_SERVER_ERROR;
-    }
     if (!wasm_cache_dir) {
         wasm_cache_dir = ap_runtime_dir_relative(pconf, "mod_wasm-cache");
     }
@@ -1098,6 +1102,9 @@ static int wasm_status_handler(request_rec *r)
         return DECLINED;
     }
     r->allowed |= (AP_METHOD_BIT << M_GET);
+    if (r->method_number == M_OPTIONS) {
+        return DECLINED;    /* the core answers, with Allow: */
+    }
     if (r->method_number != M_GET) {
         return HTTP_METHOD_NOT_ALLOWED;
     }

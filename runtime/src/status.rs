@@ -16,22 +16,25 @@ pub struct Heap {
     pub held: u64,
 }
 
-/// This process's heap; `None` where glibc's `mallinfo2` is not available.
+/// This process's heap; `None` where glibc's `mallinfo2` is not available,
+/// or does not see the runtime's allocations (built with mimalloc).
 ///
 /// RSS mixes what is allocated with what the allocator keeps for reuse and
-/// with file pages; a leak shows as growth of `in_use`.
+/// with file pages; a leak shows as growth of `in_use`. Each call locks
+/// every arena in turn and walks its free lists: cheap for a status page,
+/// not for every request.
 pub fn heap() -> Option<Heap> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
     {
-        // SAFETY: mallinfo2 takes no arguments and only reads the
-        // allocator's counters (under its locks).
+        // SAFETY: mallinfo2 takes no arguments; it takes the allocator's
+        // own locks while it counts.
         let m = unsafe { libc::mallinfo2() };
         Some(Heap {
-            in_use: (m.uordblks + m.hblkhd) as u64,
-            held: (m.arena + m.hblkhd) as u64,
+            in_use: m.uordblks as u64 + m.hblkhd as u64,
+            held: m.arena as u64 + m.hblkhd as u64,
         })
     }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    #[cfg(not(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc"))))]
     None
 }
 

@@ -48,6 +48,24 @@ fn abi_version_matches() {
     assert!(header().contains(&decl), "header lacks `{decl}`");
 }
 
+/// The interface when `WASM_RT_ABI_VERSION` was last decided: the version
+/// and the first 16 hex digits of the SHA-256 of the header without
+/// comments, whitespace collapsed.
+const DECIDED: (u32, &str) = (2, "c061f7516c5dcfb2");
+
+#[test]
+fn a_changed_interface_gets_a_decided_version() {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(header().as_bytes());
+    let now: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        DECIDED == (ABI_VERSION, now.as_str()),
+        "the C interface changed: if a mod_wasm.so built before would misread it, bump \
+         WASM_RT_ABI_VERSION (header) and ffi::ABI_VERSION; then set DECIDED to \
+         ({ABI_VERSION}, \"{now}\")"
+    );
+}
+
 #[test]
 fn codes_match() {
     let h = header();

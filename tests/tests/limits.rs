@@ -178,6 +178,16 @@ fn wasm_status_shows_the_childs_slots_requests_and_heap() {
         .send(s.port)
         .unwrap();
     assert_eq!(post.status, 405);
+    let head = Request::new("HEAD", "/wasm-status").send(s.port).unwrap();
+    assert_eq!((head.status, head.body.len()), (200, 0));
+    let options = Request::new("OPTIONS", "/wasm-status")
+        .send(s.port)
+        .unwrap();
+    assert_eq!(options.status, 200);
+    assert!(
+        options.header("allow").is_some_and(|a| a.contains("GET")),
+        "{options:?}"
+    );
 }
 
 #[test]
