@@ -361,9 +361,15 @@ impl Drop for Apache {
 /// Runs `httpd -t` on a configuration built from `opts`; returns whether it
 /// passed and everything it printed.
 pub fn configtest(opts: &Options) -> (bool, String) {
+    configtest_with_env(opts, &[])
+}
+
+/// [`configtest`] with these extra environment variables for `httpd`.
+pub fn configtest_with_env(opts: &Options, env: &[(&str, &Path)]) -> (bool, String) {
     let dir = scratch_dir("configtest");
     let conf = write_config(&dir, free_port(), opts);
     let out = Command::new(httpd_bin())
+        .envs(env.iter().copied())
         .arg("-t")
         .arg("-f")
         .arg(&conf)

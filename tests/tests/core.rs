@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 
-use e2e::apache::{configtest, scratch_dir, Apache, Mpm, Options};
+use e2e::apache::{configtest, configtest_with_env, scratch_dir, Apache, Mpm, Options};
 use e2e::http::{get, Request};
 
 fn location(path: &str, guest: &str, extra: &str) -> String {
@@ -494,4 +494,34 @@ fn mpm_worker_hello_and_trap() {
 #[test]
 fn mpm_prefork_hello_and_trap() {
     hello_and_trap_under(Mpm::Prefork);
+}
+
+#[test]
+fn a_runtime_of_another_interface_version_is_refused_before_any_directive() {
+    // A library that claims another interface version, loaded ahead of the
+    // real runtime: what a mod_wasm.so paired with the wrong runtime sees.
+    let dir = scratch_dir("abi");
+    let stub = dir.join("abi_stub.so");
+    fs::write(
+        dir.join("abi_stub.c"),
+        "unsigned wasm_rt_abi_version(void) { return 999; }\n",
+    )
+    .unwrap();
+    let cc = std::process::Command::new("clang")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&stub)
+        .arg(dir.join("abi_stub.c"))
+        .status()
+        .expect("cannot run clang");
+    assert!(cc.success());
+    // WasmMaxMemory calls into the runtime while the directive is read.
+    let site = location("/hello", "hello", "  WasmMaxMemory 64M\n");
+    let (ok, out) = configtest_with_env(&Options::new(&site), &[("LD_PRELOAD", &stub)]);
+    assert!(!ok, "configtest passed: {out}");
+    assert!(
+        out.contains("WASM00007") && out.contains("implements 999"),
+        "{out}"
+    );
+    let (ok, out) = configtest(&Options::new(&site));
+    assert!(ok, "{out}");
 }
