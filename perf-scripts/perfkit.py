@@ -190,33 +190,34 @@ WasmCacheDir {ROOT}/build/perf-cache
                 pass
         return total / tick
 
-    def child_rss_by_pid(self):
-        """RSS in KiB of each child process, by PID."""
-        rss = {}
+    def _children_kib(self, proc_file, pattern):
+        """For each child, the sum of the KiB figures `pattern` matches in
+        its /proc/PID/`proc_file`, by PID (children that exit are left out)."""
+        out = {}
         for pid in self.pids()[1:]:
             try:
-                m = re.search(r"VmRSS:\s+(\d+)", (Path("/proc") / str(pid) / "status").read_text())
-                if m:
-                    rss[pid] = int(m.group(1))
+                text = (Path("/proc") / str(pid) / proc_file).read_text()
             except OSError:
-                pass
-        return rss
+                continue
+            out[pid] = sum(int(m) for m in re.findall(pattern, text, re.M))
+        return out
+
+    def child_rss_by_pid(self):
+        """RSS in KiB of each child process, by PID."""
+        return self._children_kib("status", r"^VmRSS:\s+(\d+)")
 
     def child_rss_kib(self):
         return list(self.child_rss_by_pid().values())
 
-    def child_private_kib(self):
-        """Memory in KiB each child alone holds (private pages: what one
-        more child costs); the rest of its RSS is shared with the parent
-        and the other children (code, mapped .cwasm files)."""
-        out = []
-        for pid in self.pids()[1:]:
-            try:
-                text = (Path("/proc") / str(pid) / "smaps_rollup").read_text()
-            except OSError:
-                continue
-            out.append(sum(int(m) for m in re.findall(r"^Private_(?:Clean|Dirty):\s+(\d+)", text, re.M)))
-        return out
+    def child_rss_and_private_kib(self):
+        """RSS and private memory in KiB of each child, read together from
+        smaps_rollup. Private pages are what one more child costs; the rest
+        of its RSS is shared with the parent and the other children (code,
+        mapped .cwasm files)."""
+        rss = self._children_kib("smaps_rollup", r"^Rss:\s+(\d+)")
+        private = self._children_kib("smaps_rollup", r"^Private_(?:Clean|Dirty):\s+(\d+)")
+        both = [p for p in rss if p in private]
+        return [rss[p] for p in both], [private[p] for p in both]
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
