@@ -406,22 +406,31 @@ static const char *wasm_cmd_cache_max_age(cmd_parms *cmd, void *dconf,
     return NULL;
 }
 
+/* Stores `arg` in `*out` if it is a whole number from 1 to `max`. */
+static int wasm_parse_count(const char *arg, long max, int *out)
+{
+    char *end;
+    long n = strtol(arg, &end, 10);
+
+    if (*end || n < 1 || n > max) {
+        return 0;
+    }
+    *out = (int)n;
+    return 1;
+}
+
 static const char *wasm_cmd_pool_slots(cmd_parms *cmd, void *dconf,
                                        const char *arg)
 {
     const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
-    char *end;
-    long n;
 
     if (err) {
         return err;
     }
-    n = strtol(arg, &end, 10);
-    if (*end || n < 1 || n > 100000) {
+    if (!wasm_parse_count(arg, 100000, &wasm_pool_slots)) {
         return apr_psprintf(cmd->pool, "WasmPoolSlots: '%s' is not a number "
                             "between 1 and 100000", arg);
     }
-    wasm_pool_slots = (int)n;
     return NULL;
 }
 
@@ -429,8 +438,6 @@ static const char *wasm_cmd_pool_shards(cmd_parms *cmd, void *dconf,
                                         const char *arg)
 {
     const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
-    char *end;
-    long n;
 
     if (err) {
         return err;
@@ -439,14 +446,12 @@ static const char *wasm_cmd_pool_shards(cmd_parms *cmd, void *dconf,
         wasm_pool_shards = 0;
         return NULL;
     }
-    n = strtol(arg, &end, 10);
     /* Each shard loads every module again: 64 is already far past the
      * point where more shards help. */
-    if (*end || n < 1 || n > 64) {
+    if (!wasm_parse_count(arg, 64, &wasm_pool_shards)) {
         return apr_psprintf(cmd->pool, "WasmPoolShards: '%s' is neither 'auto' "
                             "nor a number between 1 and 64", arg);
     }
-    wasm_pool_shards = (int)n;
     return NULL;
 }
 
