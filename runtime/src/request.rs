@@ -238,7 +238,7 @@ impl Runtime {
             format!(
                 "{name}: all {} instance slots of this child are busy; raise WasmPoolSlots \
                  or lower the MPM's ThreadsPerChild",
-                self.slots
+                self.slots()
             ),
         )
     }

@@ -50,8 +50,6 @@ pub struct Loaded {
 pub struct Runtime {
     pub(crate) shards: Vec<Shard>,
     homes: HomeShards,
-    /// Slots in all shards, for the message when they run out.
-    pub(crate) slots: u32,
     /// Whether epochs (and so timeouts) are on.
     pub(crate) epochs: bool,
     /// Requests turned away because every slot was busy.
@@ -162,7 +160,6 @@ impl Runtime {
             None
         };
         Ok(Runtime {
-            slots: shares.iter().sum(),
             homes: HomeShards::new(count),
             shards,
             epochs: flavor.epochs,
@@ -179,6 +176,11 @@ impl Runtime {
             self.exhausted.fetch_add(1, Ordering::Relaxed);
         }
         lease
+    }
+
+    /// Slots in all shards: the most requests this child runs at once.
+    pub fn slots(&self) -> u32 {
+        self.shards.iter().map(|s| s.counter.slots()).sum()
     }
 
     /// Requests turned away so far because every slot was busy.

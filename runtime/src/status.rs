@@ -49,7 +49,7 @@ impl Runtime {
         let _ = writeln!(out, "Pid: {}", std::process::id());
         let _ = writeln!(out, "Modules: {}", self.module_count());
         let _ = writeln!(out, "Shards: {}", shards.len());
-        let _ = writeln!(out, "Slots: {}", self.slots);
+        let _ = writeln!(out, "Slots: {}", self.slots());
         let _ = writeln!(out, "SlotsPerShard: {}", join(&|s| s.slots.to_string()));
         let _ = writeln!(out, "Busy: {}", shards.iter().map(|s| s.busy).sum::<u32>());
         let _ = writeln!(out, "BusyPerShard: {}", join(&|s| s.busy.to_string()));
