@@ -9,10 +9,23 @@
  *   loop      never ends
  *   alloc     allocates until malloc fails, then reports
  *   output    writes without end
+ *   sleep     sleeps 20 s in the host (nanosleep), then answers
+ *   poll      waits in poll_oneoff on a clock that never fires
+ *   files     opens /data/file (a WasmMapDir) until that fails, keeping each
+ *   longhead  one header line of 8,190 bytes with a header's text at its end
+ *   count     reads stdin to its end and answers how many bytes it read
+ *   bigN      a response of N MiB (e.g. big64)
+ *   slow      300 KiB, a 1 s pause, 300 KiB more
+ *   late      1 MiB of response, then a trap
+ *   chatty    a response, and 250 lines on stderr
  */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <wasi/api.h>
 
 static volatile int zero = 0;
 static volatile char *volatile sink;
@@ -54,6 +67,11 @@ int main(void)
         fflush(stdout);
         exit(3);
     }
+    if (!strcmp(q, "chatty")) {
+        for (int i = 0; i < 250; i++) {
+            fprintf(stderr, "chatty line %d\n", i);
+        }
+    }
     if (!strcmp(q, "stderr")) {
         fputs("first complaint\nsecond complaint\n", stderr);
     }
@@ -82,6 +100,76 @@ int main(void)
         for (;;) {
             fputs("0123456789abcdef0123456789abcdef\n", stdout);
         }
+    }
+    if (!strcmp(q, "sleep")) {
+        struct timespec ts = {20, 0};
+        nanosleep(&ts, NULL);
+    }
+    if (!strcmp(q, "poll")) {
+        __wasi_subscription_t sub;
+        __wasi_event_t ev;
+        __wasi_size_t n;
+
+        memset(&sub, 0, sizeof(sub));
+        sub.u.tag = __WASI_EVENTTYPE_CLOCK;
+        sub.u.u.clock.id = __WASI_CLOCKID_MONOTONIC;
+        sub.u.u.clock.timeout = ~(__wasi_timestamp_t)0;
+        if (__wasi_poll_oneoff(&sub, &ev, 1, &n) != 0) {
+            return 1;
+        }
+    }
+    if (!strcmp(q, "files")) {
+        int n = 0;
+        while (open("/data/file", O_RDONLY) >= 0) {
+            n++;
+        }
+        printf("Content-Type: text/plain\r\n\r\nopened %d\n", n);
+        return 0;
+    }
+    if (!strcmp(q, "longhead")) {
+        fputs("Content-Type: text/plain\r\nX-Long: ", stdout);
+        for (int i = 0; i < 8182; i++) {
+            putchar('a');
+        }
+        fputs("Set-Cookie: injected=1\r\n\r\nbody\n", stdout);
+        return 0;
+    }
+    if (!strcmp(q, "count")) {
+        static char buf[65536];
+        size_t n, total = 0;
+        while ((n = fread(buf, 1, sizeof(buf), stdin)) > 0) {
+            total += n;
+        }
+        printf("Content-Type: text/plain\r\n\r\nread %zu\n", total);
+        return 0;
+    }
+    if (!strncmp(q, "big", 3)) {
+        static char block[65536];
+        long mib = atol(q + 3);
+        memset(block, 'x', sizeof(block));
+        fputs("Content-Type: application/octet-stream\r\n\r\n", stdout);
+        for (long i = 0; i < mib * 16; i++) {
+            fwrite(block, 1, sizeof(block), stdout);
+        }
+        return 0;
+    }
+    if (!strcmp(q, "slow") || !strcmp(q, "late")) {
+        static char block[1024];
+        int late = !strcmp(q, "late");
+        memset(block, 'y', sizeof(block));
+        fputs("Content-Type: application/octet-stream\r\n\r\n", stdout);
+        for (int i = 0; i < (late ? 1024 : 300); i++) {
+            fwrite(block, 1, sizeof(block), stdout);
+        }
+        fflush(stdout);
+        if (late) {
+            __builtin_trap();
+        }
+        sleep(1);
+        for (int i = 0; i < 300; i++) {
+            fwrite(block, 1, sizeof(block), stdout);
+        }
+        return 0;
     }
     fputs("Content-Type: text/plain\r\n\r\nfine\n", stdout);
     return 0;

@@ -11,6 +11,7 @@
 
 #include <time.h>
 
+#include "apr_atomic.h"
 #include "apr_strings.h"
 #include "apr_buckets.h"
 #include "apr_file_info.h"
@@ -64,6 +65,7 @@ typedef struct {
     apr_uint64_t timeout_ms;    /* WasmTimeout, 0: unset */
     apr_uint64_t max_memory;    /* WasmMaxMemory in bytes, 0: unset */
     apr_uint64_t max_output;    /* WasmMaxOutput in bytes, 0: unset */
+    int max_open_files;         /* WasmMaxOpenFiles, 0: unset */
     int trap_unknown;           /* WasmTrapUnknownImports, -1: unset */
     int script_arg;             /* WasmScriptArg, -1: unset */
 } wasm_dir_conf;
@@ -149,6 +151,8 @@ static void *wasm_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     conf->timeout_ms = add->timeout_ms ? add->timeout_ms : base->timeout_ms;
     conf->max_memory = add->max_memory ? add->max_memory : base->max_memory;
     conf->max_output = add->max_output ? add->max_output : base->max_output;
+    conf->max_open_files = add->max_open_files ? add->max_open_files
+                                               : base->max_open_files;
     conf->trap_unknown = add->trap_unknown >= 0 ? add->trap_unknown
                                                 : base->trap_unknown;
     conf->script_arg = add->script_arg >= 0 ? add->script_arg
@@ -211,6 +215,14 @@ static const char *wasm_cmd_module(cmd_parms *cmd, void *dconf,
 
     if (!path) {
         return apr_psprintf(cmd->pool, "WasmModule: invalid path '%s'", arg);
+    }
+    /* One module per section: a second one would silently win. */
+    if (conf->module >= 0) {
+        const wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, conf->module,
+                                                  wasm_module_rec);
+        return apr_psprintf(cmd->pool, "WasmModule: this section already "
+                            "runs %s; a section runs one module (use another "
+                            "<Location> or <Directory> for %s)", m->path, path);
     }
     rv = apr_stat(&finfo, path, APR_FINFO_TYPE, cmd->temp_pool);
     if (rv != APR_SUCCESS || finfo.filetype != APR_REG) {
@@ -455,6 +467,17 @@ static const char *wasm_cmd_pool_shards(cmd_parms *cmd, void *dconf,
     return NULL;
 }
 
+static const char *wasm_cmd_max_open_files(cmd_parms *cmd, void *dconf,
+                                           const char *arg)
+{
+    if (!wasm_parse_count(arg, 65536,
+                          &((wasm_dir_conf *)dconf)->max_open_files)) {
+        return apr_psprintf(cmd->pool, "WasmMaxOpenFiles: '%s' is not a "
+                            "number between 1 and 65536", arg);
+    }
+    return NULL;
+}
+
 static const command_rec wasm_cmds[] = {
     AP_INIT_TAKE1("WasmModule", wasm_cmd_module, NULL, RSRC_CONF | ACCESS_CONF,
                   "path of the WebAssembly (WASI command) module to run"),
@@ -494,6 +517,10 @@ static const command_rec wasm_cmds[] = {
                   (void *)APR_OFFSETOF(wasm_dir_conf, max_output),
                   RSRC_CONF | ACCESS_CONF,
                   "most bytes one request may write to stdout (default 64M)"),
+    AP_INIT_TAKE1("WasmMaxOpenFiles", wasm_cmd_max_open_files, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "most files and directories one request may have open at "
+                  "once (default 128)"),
     AP_INIT_TAKE1("WasmCacheMaxAge", wasm_cmd_cache_max_age, NULL, RSRC_CONF,
                   "how long an unused compiled module stays cached "
                   "(default 24h)"),
@@ -679,67 +706,6 @@ static void wasm_child_init(apr_pool_t *pchild, server_rec *s)
 
 /* --------------------------------------------------------------- request */
 
-/* Reads the whole request body through the input filters (so chunked
- * bodies and LimitRequestBody work as for any handler). */
-static int wasm_read_body(request_rec *r, wasm_rt_body **out)
-{
-    const char *cl = apr_table_get(r->headers_in, "Content-Length");
-    apr_bucket_brigade *bb;
-    wasm_rt_body *body;
-    apr_off_t hint = 0;
-    int seen_eos = 0;
-
-    *out = NULL;
-    if (!cl && !apr_table_get(r->headers_in, "Transfer-Encoding")) {
-        return OK;
-    }
-    if (cl && (apr_strtoff(&hint, cl, NULL, 10) != APR_SUCCESS || hint < 0)) {
-        hint = 0;
-    }
-    body = wasm_rt_body_new((size_t)hint);
-    if (!body) {
-        return HTTP_INTERNAL_SERVER_ERROR;
-    }
-    bb = apr_brigade_create(r->pool, r->connection->bucket_alloc);
-    do {
-        apr_bucket *b;
-        apr_status_t rv = ap_get_brigade(r->input_filters, bb,
-                                         AP_MODE_READBYTES, APR_BLOCK_READ,
-                                         HUGE_STRING_LEN);
-        if (rv != APR_SUCCESS) {
-            wasm_rt_body_free(body);
-            ap_log_rerror(APLOG_MARK, APLOG_INFO, rv, r, WASMLOGNO(00010)
-                          "error reading the request body");
-            return ap_map_http_request_error(rv, HTTP_BAD_REQUEST);
-        }
-        for (b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb);
-             b = APR_BUCKET_NEXT(b)) {
-            const char *data;
-            apr_size_t len;
-
-            if (APR_BUCKET_IS_EOS(b)) {
-                seen_eos = 1;
-                break;
-            }
-            if (APR_BUCKET_IS_METADATA(b)) {
-                continue;
-            }
-            rv = apr_bucket_read(b, &data, &len, APR_BLOCK_READ);
-            if (rv != APR_SUCCESS) {
-                wasm_rt_body_free(body);
-                return ap_map_http_request_error(rv, HTTP_BAD_REQUEST);
-            }
-            if (len && wasm_rt_body_append(body, data, len) != WASM_RT_OK) {
-                wasm_rt_body_free(body);
-                return HTTP_INTERNAL_SERVER_ERROR;
-            }
-        }
-        apr_brigade_cleanup(bb);
-    } while (!seen_eos);
-    *out = body;
-    return OK;
-}
-
 /* For a module set in a <Location>, the location is the script and the rest
  * of the URI is PATH_INFO: Apache's filesystem walk knows nothing of a
  * location with no file behind it. */
@@ -877,82 +843,135 @@ static apr_status_t wasm_response_cleanup(void *resp)
     return APR_SUCCESS;
 }
 
-/* Feeds Apache's CGI header scanner from the guest's stdout, a line at a
- * time, like its own brigade reader: CRs dropped, the LF consumed. The
- * output comes in chunks and a line may span two. */
+/* The state of one request's body and response while its guest runs. The
+ * runtime calls wasm_read_body_cb and wasm_send_output_cb on this thread,
+ * from inside wasm_rt_run. */
 typedef struct {
-    const wasm_rt_chunk *chunk;  /* current chunk */
-    const wasm_rt_chunk *end;    /* one past the last chunk */
-    apr_size_t off;              /* read position in *chunk */
-} wasm_cursor;
+    request_rec *r;
+    const char *module_path;
+    apr_bucket_brigade *in;     /* body buckets read but not yet handed over */
+    apr_bucket_brigade *out;    /* output being passed */
+    int seen_eos;               /* the body is all read */
+    int refused;                /* a status to answer instead of the guest's
+                                 * response (bad body, bad header), 0: none */
+    int head_scanned;           /* the guest's CGI header block was read */
+    int head_sent;              /* something was passed to the output filters */
+    int discard;                /* the guest's body is not sent (redirect, 304) */
+    int redirect_status;        /* 302 for an absolute Location, 0: none */
+    const char *redirect;       /* a local Location: an internal redirect */
+    int send_failed;            /* ap_pass_brigade failed: nothing more goes out */
+} wasm_io;
 
-static int wasm_getsfunc(char *buf, int len, void *data)
+/* Bounds a blocking read or write of the connection by what is left of the
+ * request's WasmTimeout (`timeout_us`), when that is shorter than Apache's
+ * own Timeout; returns the socket whose timeout was changed, or NULL. An
+ * HTTP/2 stream has no socket of its own: its reads and writes keep h2's
+ * timeouts. */
+static apr_socket_t *wasm_deadline_set(request_rec *r, uint64_t timeout_us,
+                                       apr_interval_time_t *saved)
 {
-    wasm_cursor *c = data;
-    char *dst = buf, *dst_end = buf + len - 1;
+    apr_socket_t *sock;
 
-    if (c->chunk == c->end) {
-        *buf = '\0';
-        return 0;
+    if (r->connection->master) {
+        return NULL;
     }
-    while (c->chunk != c->end && dst < dst_end) {
-        char ch = (char)c->chunk->data[c->off++];
-        if (c->off == c->chunk->len) {
-            c->chunk++;
-            c->off = 0;
-        }
-        if (ch == '\n') {
-            break;
-        }
-        if (ch != '\r') {
-            *dst++ = ch;
-        }
+    sock = ap_get_conn_socket(r->connection);
+    if (!sock || apr_socket_timeout_get(sock, saved) != APR_SUCCESS) {
+        return NULL;
     }
-    *dst = '\0';
-    return 1;
+    if (*saved >= 0 && timeout_us >= (uint64_t)*saved) {
+        return NULL;
+    }
+    if (timeout_us > (uint64_t)APR_INT64_MAX) {
+        timeout_us = (uint64_t)APR_INT64_MAX;
+    }
+    apr_socket_timeout_set(sock, (apr_interval_time_t)timeout_us);
+    return sock;
 }
 
-/* Each stderr line goes to the error log, tagged with the request. */
-static void wasm_log_stderr(request_rec *r, const wasm_rt_response *resp,
-                            const char *module_path)
+static void wasm_deadline_restore(apr_socket_t *sock, apr_interval_time_t saved)
 {
-    const char *p = (const char *)resp->err, *end = p + resp->err_len;
-
-    while (p < end) {
-        const char *nl = memchr(p, '\n', end - p);
-        const char *line_end = nl ? nl : end;
-        int len = (int)(line_end - p);
-
-        if (len > 0 && p[len - 1] == '\r') {
-            len--;
-        }
-        if (len > 0) {
-            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, WASMLOGNO(00020)
-                          "%s: %.*s", module_path, len, p);
-        }
-        p = nl ? nl + 1 : end;
-    }
-    if (resp->stderr_truncated) {
-        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, WASMLOGNO(00021)
-                      "%s: stderr output truncated", module_path);
+    if (sock) {
+        apr_socket_timeout_set(sock, saved);
     }
 }
 
-/* Turns the guest's stdout into the response, following mod_cgi. */
-static int wasm_send_response(request_rec *r, const wasm_rt_response *resp,
-                              const char *module_path)
+/* wasm_rt_io.read_body: the request body as the guest reads it, through the
+ * input filters (chunked bodies, LimitRequestBody), one buffer at a time,
+ * as mod_cgid streams a body to its script; what the guest never reads is
+ * left to the core, which discards it. */
+static int64_t wasm_read_body_cb(void *data, unsigned char *buf, size_t len,
+                                 uint64_t timeout_us)
 {
-    wasm_cursor cursor;
+    wasm_io *io = data;
+    request_rec *r = io->r;
+    apr_size_t got = 0;
+
+    if (io->refused) {
+        return -1;
+    }
+    while (got == 0 && !io->seen_eos) {
+        if (APR_BRIGADE_EMPTY(io->in)) {
+            apr_interval_time_t saved;
+            apr_socket_t *sock = wasm_deadline_set(r, timeout_us, &saved);
+            apr_status_t rv = ap_get_brigade(r->input_filters, io->in,
+                                             AP_MODE_READBYTES, APR_BLOCK_READ,
+                                             len);
+
+            wasm_deadline_restore(sock, saved);
+            if (rv != APR_SUCCESS) {
+                apr_brigade_cleanup(io->in);
+                io->refused = ap_map_http_request_error(rv, HTTP_BAD_REQUEST);
+                ap_log_rerror(APLOG_MARK, APLOG_INFO, rv, r, WASMLOGNO(00010)
+                              "%s: error reading the request body",
+                              io->module_path);
+                return -1;
+            }
+        }
+        while (!APR_BRIGADE_EMPTY(io->in) && got < len) {
+            apr_bucket *b = APR_BRIGADE_FIRST(io->in);
+            const char *bytes;
+            apr_size_t n;
+
+            if (APR_BUCKET_IS_EOS(b)) {
+                io->seen_eos = 1;
+                apr_brigade_cleanup(io->in);
+                break;
+            }
+            if (!APR_BUCKET_IS_METADATA(b)) {
+                if (apr_bucket_read(b, &bytes, &n, APR_BLOCK_READ)
+                        != APR_SUCCESS) {
+                    apr_brigade_cleanup(io->in);
+                    io->refused = HTTP_BAD_REQUEST;
+                    return -1;
+                }
+                if (n > len - got) {
+                    apr_bucket_split(b, len - got);
+                    n = len - got;
+                }
+                memcpy(buf + got, bytes, n);
+                got += n;
+            }
+            apr_bucket_delete(b);
+        }
+    }
+    return (int64_t)got;
+}
+
+/* Reads the guest's CGI header block from the start of `bb` with Apache's
+ * own scanner (as mod_cgi and mod_proxy_fcgi do; a line too long for it is
+ * an error, never two header lines), and decides what becomes of the body
+ * that follows. Returns OK or the status to answer. */
+static int wasm_scan_head(wasm_io *io, apr_bucket_brigade *bb)
+{
+    request_rec *r = io->r;
     char sbuf[MAX_STRING_LEN];
     const char *location;
-    apr_bucket_brigade *bb;
     int ret;
 
-    cursor.chunk = resp->out;
-    cursor.end = resp->out + resp->out_chunks;
-    cursor.off = 0;
-    ret = ap_scan_script_header_err_core_ex(r, sbuf, wasm_getsfunc, &cursor,
-                                            APLOG_MODULE_INDEX);
+    io->head_scanned = 1;
+    ret = ap_scan_script_header_err_brigade_ex(r, bb, sbuf,
+                                               APLOG_MODULE_INDEX);
 
     /* The guest's output is framed by its end, not by a Content-Length it
      * may get wrong: let the core choose (as mod_cgi does). */
@@ -966,47 +985,224 @@ static int wasm_send_response(request_rec *r, const wasm_rt_response *resp,
          * that is a success, not an error to run through the error stack. */
         if (ret == HTTP_NOT_MODIFIED) {
             r->status = ret;
+            io->discard = 1;
             return OK;
         }
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, WASMLOGNO(00030)
                       "%s: bad response header from module: %s",
-                      module_path, sbuf);
+                      io->module_path, sbuf);
         return ret;
     }
-
     location = apr_table_get(r->headers_out, "Location");
     if (location && location[0] == '/' && r->status == HTTP_OK) {
-        /* The redirect is a GET whatever the original method was, and we
-         * already consumed the body, so don't let the redirected request
-         * think it has one. */
+        io->redirect = location;
+        io->discard = 1;
+    }
+    else if (location && r->status == HTTP_OK) {
+        /* As with CGI, a guest that wants its own redirect body must say
+         * "Status: 302" itself. */
+        io->redirect_status = HTTP_MOVED_TEMPORARILY;
+        io->discard = 1;
+    }
+    return OK;
+}
+
+/* Passes `n` chunks of the guest's stdout on, after its header block;
+ * `last`: these are the final ones (they then live in the runtime's
+ * response until the request pool is cleaned up). Returns OK or the status
+ * to answer (when nothing was sent yet). */
+static int wasm_pass_output(wasm_io *io, const wasm_rt_chunk *chunks,
+                            size_t n, int last, uint64_t timeout_us)
+{
+    request_rec *r = io->r;
+    conn_rec *c = r->connection;
+    apr_bucket_brigade *bb = io->out;
+    apr_interval_time_t saved;
+    apr_socket_t *sock;
+    apr_status_t rv;
+    size_t i;
+    int ret;
+
+    for (i = 0; i < n; i++) {
+        /* The last chunks need no copy: a pool bucket points at them, and
+         * only a filter that keeps them past the request copies them out.
+         * Earlier ones are reused by the runtime once this returns, so any
+         * filter that keeps them must copy them (transient buckets). */
+        APR_BRIGADE_INSERT_TAIL(bb, last
+            ? apr_bucket_pool_create((const char *)chunks[i].data,
+                                     chunks[i].len, r->pool, c->bucket_alloc)
+            : apr_bucket_transient_create((const char *)chunks[i].data,
+                                          chunks[i].len, c->bucket_alloc));
+    }
+    if (!io->head_scanned) {
+        ret = wasm_scan_head(io, bb);
+        if (ret != OK) {
+            apr_brigade_cleanup(bb);
+            io->refused = ret;
+            return ret;
+        }
+    }
+    if (io->discard) {
+        apr_brigade_cleanup(bb);
+        return OK;
+    }
+    /* A flush after each batch of a long response: the client gets it as
+     * the guest writes it, and nothing of it waits in a filter. */
+    APR_BRIGADE_INSERT_TAIL(bb, last ? apr_bucket_eos_create(c->bucket_alloc)
+                                     : apr_bucket_flush_create(c->bucket_alloc));
+    io->head_sent = 1;
+    sock = wasm_deadline_set(r, timeout_us, &saved);
+    rv = ap_pass_brigade(r->output_filters, bb);
+    wasm_deadline_restore(sock, saved);
+    apr_brigade_cleanup(bb);
+    if (rv != APR_SUCCESS) {
+        /* The client went away, was too slow, or a filter failed. */
+        io->send_failed = 1;
+        return AP_FILTER_ERROR;
+    }
+    return OK;
+}
+
+/* wasm_rt_io.send_output: a long response goes out while the guest still
+ * writes it, so no request holds more than a buffer of it. */
+static int32_t wasm_send_output_cb(void *data, const wasm_rt_chunk *chunks,
+                                   size_t n, uint64_t timeout_us)
+{
+    return wasm_pass_output(data, chunks, n, 0, timeout_us) == OK ? 0 : -1;
+}
+
+/* The guest failed after part of its response went out: no status can
+ * be answered any more. As mod_proxy does for a backend that breaks
+ * mid-response, an error bucket makes the chunk filter leave out the last
+ * chunk and the connection close, so that the client cannot take the
+ * truncated body for a whole one. */
+static int wasm_abort_response(wasm_io *io, const wasm_rt_response *resp)
+{
+    request_rec *r = io->r;
+    conn_rec *c = r->connection;
+
+    ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, WASMLOGNO(00060)
+                  "%s; part of the response had been sent, so the "
+                  "connection is closed without ending it", resp->message);
+    if (io->send_failed) {
+        return OK;
+    }
+    r->no_cache = 1;
+    APR_BRIGADE_INSERT_TAIL(io->out, ap_bucket_error_create(
+                                         HTTP_BAD_GATEWAY, NULL, r->pool,
+                                         c->bucket_alloc));
+    APR_BRIGADE_INSERT_TAIL(io->out, apr_bucket_eos_create(c->bucket_alloc));
+    ap_pass_brigade(r->output_filters, io->out);
+    apr_brigade_cleanup(io->out);
+    return OK;
+}
+
+/* Most stderr lines of one request that reach the error log: a guest
+ * printing a line per byte would otherwise write ~32k log lines. */
+#define WASM_STDERR_LINES 100
+
+/* Each stderr line goes to the error log, tagged with the request. */
+static void wasm_log_stderr(request_rec *r, const wasm_rt_response *resp,
+                            const char *module_path)
+{
+    const char *p = (const char *)resp->err, *end = p + resp->err_len;
+    int lines = 0, dropped = 0;
+
+    while (p < end) {
+        const char *nl = memchr(p, '\n', end - p);
+        const char *line_end = nl ? nl : end;
+        int len = (int)(line_end - p);
+
+        if (len > 0 && p[len - 1] == '\r') {
+            len--;
+        }
+        if (len > 0 && lines++ < WASM_STDERR_LINES) {
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, WASMLOGNO(00020)
+                          "%s: %.*s", module_path, len, p);
+        }
+        else if (len > 0) {
+            dropped++;
+        }
+        p = nl ? nl + 1 : end;
+    }
+    if (dropped) {
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, WASMLOGNO(00061)
+                      "%s: %d more stderr lines not logged (at most %d a "
+                      "request)", module_path, dropped, WASM_STDERR_LINES);
+    }
+    if (resp->stderr_truncated) {
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, WASMLOGNO(00021)
+                      "%s: stderr output truncated", module_path);
+    }
+}
+
+/* The guest's response, as it ended: the rest of its output, an error
+ * status, or, when part of it went out already, an aborted connection. */
+static int wasm_finish_response(wasm_io *io, const wasm_rt_response *resp)
+{
+    request_rec *r = io->r;
+    int status;
+
+    /* What the server refused before anything went out wins over what the
+     * guest made of it (it saw an I/O error, or its header was bad). */
+    if (io->refused && !io->head_sent) {
+        return io->refused;
+    }
+    if (resp->code != WASM_RT_OK) {
+        if (io->head_sent) {
+            return wasm_abort_response(io, resp);
+        }
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, WASMLOGNO(00042)
+                      "%s", resp->message);
+        return resp->http_status;
+    }
+    status = wasm_pass_output(io, resp->out, resp->out_chunks, 1,
+                              APR_UINT64_MAX);
+    if (status != OK || io->send_failed) {
+        return status;
+    }
+    if (io->redirect) {
+        /* The redirect is a GET whatever the original method was. The
+         * guest may have left part of the body unread: discard it, so the
+         * redirected request does not read it as its own. */
+        ap_discard_request_body(r);
         r->method = "GET";
         r->method_number = M_GET;
         apr_table_unset(r->headers_in, "Content-Length");
-        ap_internal_redirect_handler(location, r);
+        ap_internal_redirect_handler(io->redirect, r);
         return OK;
     }
-    if (location && r->status == HTTP_OK) {
-        /* As with CGI, a guest that wants its own redirect body must say
-         * "Status: 302" itself. */
-        return HTTP_MOVED_TEMPORARILY;
-    }
+    return io->redirect_status ? io->redirect_status : OK;
+}
 
-    bb = apr_brigade_create(r->pool, r->connection->bucket_alloc);
-    for (; cursor.chunk != cursor.end; cursor.chunk++, cursor.off = 0) {
-        /* No copy: the bytes stay in the runtime's buffers, which live until
-         * the request pool is cleaned up; a pool bucket copies them out only
-         * if a filter keeps them longer than that. */
-        APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_pool_create(
-                                        (const char *)cursor.chunk->data
-                                            + cursor.off,
-                                        cursor.chunk->len - cursor.off,
-                                        r->pool, r->connection->bucket_alloc));
-    }
-    APR_BRIGADE_INSERT_TAIL(bb,
-                            apr_bucket_eos_create(r->connection->bucket_alloc));
-    if (ap_pass_brigade(r->output_filters, bb) != APR_SUCCESS) {
-        /* The client went away or a filter failed; nothing left to say. */
-        return AP_FILTER_ERROR;
+/* Says once per child, at error level, that its runtime did not start
+ * (child_init logged why and what to change); later requests only at debug
+ * level, so that a broken child does not fill the log. */
+static void wasm_log_no_runtime(request_rec *r, const char *what)
+{
+    static apr_uint32_t said;
+
+    ap_log_rerror(APLOG_MARK,
+                  apr_atomic_cas32(&said, 1, 0) == 0 ? APLOG_ERR : APLOG_DEBUG,
+                  0, r, WASMLOGNO(00041)
+                  "%s: the WebAssembly runtime did not start in this child, "
+                  "so it answers 503 (the reason and the fix are logged "
+                  "above, WASM00004)", what);
+}
+
+/* A Content-Length over LimitRequestBody is refused before the guest runs,
+ * as mod_cgi refuses it, whether or not the guest would read the body. */
+static int wasm_check_body_length(request_rec *r)
+{
+    const char *cl = apr_table_get(r->headers_in, "Content-Length");
+    apr_off_t limit = ap_get_limit_req_body(r), len;
+
+    if (cl && limit > 0 && apr_strtoff(&len, cl, NULL, 10) == APR_SUCCESS
+        && len > limit) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, WASMLOGNO(00062)
+                      "Content-Length %" APR_OFF_T_FMT " is larger than "
+                      "LimitRequestBody (%" APR_OFF_T_FMT ")", len, limit);
+        return HTTP_REQUEST_ENTITY_TOO_LARGE;
     }
     return OK;
 }
@@ -1018,6 +1214,7 @@ static int wasm_handler(request_rec *r)
     const char *module_path;
     wasm_rt_request req;
     wasm_rt_response *resp = NULL;
+    wasm_io io;
     int32_t reads_env = 1;
     struct timespec started, ended;
     int status;
@@ -1036,9 +1233,7 @@ static int wasm_handler(request_rec *r)
     rec = &APR_ARRAY_IDX(wasm_modules, conf->module, wasm_module_rec);
     module_path = rec->path;
     if (!wasm_runtime) {
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, WASMLOGNO(00041)
-                      "%s: the WebAssembly runtime did not start in this "
-                      "child (see earlier errors)", module_path);
+        wasm_log_no_runtime(r, module_path);
         return HTTP_SERVICE_UNAVAILABLE;
     }
     if (r->method_number == M_OPTIONS) {
@@ -1052,7 +1247,7 @@ static int wasm_handler(request_rec *r)
     if (status != OK) {
         return status;
     }
-    status = wasm_read_body(r, &req.body);
+    status = wasm_check_body_length(r);
     if (status != OK) {
         return status;
     }
@@ -1073,6 +1268,16 @@ static int wasm_handler(request_rec *r)
     req.timeout_ms = conf->timeout_ms;
     req.max_memory = conf->max_memory;
     req.max_output = conf->max_output;
+    req.max_open_files = conf->max_open_files;
+
+    memset(&io, 0, sizeof(io));
+    io.r = r;
+    io.module_path = module_path;
+    io.in = apr_brigade_create(r->pool, r->connection->bucket_alloc);
+    io.out = apr_brigade_create(r->pool, r->connection->bucket_alloc);
+    req.io.ctx = &io;
+    req.io.read_body = wasm_read_body_cb;
+    req.io.send_output = wasm_send_output_cb;
 
     clock_gettime(CLOCK_MONOTONIC, &started);
     wasm_rt_run(wasm_runtime, (size_t)rec->rt_index, &req, &resp);
@@ -1089,12 +1294,7 @@ static int wasm_handler(request_rec *r)
     apr_pool_cleanup_register(r->pool, resp, wasm_response_cleanup,
                               apr_pool_cleanup_null);
     wasm_log_stderr(r, resp, module_path);
-    if (resp->code != WASM_RT_OK) {
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, WASMLOGNO(00042)
-                      "%s", resp->message);
-        return resp->http_status;
-    }
-    return wasm_send_response(r, resp, module_path);
+    return wasm_finish_response(&io, resp);
 }
 
 /* SetHandler wasm-status: this child's slots, requests and heap, as
@@ -1113,10 +1313,18 @@ static int wasm_status_handler(request_rec *r)
     if (r->method_number != M_GET) {
         return HTTP_METHOD_NOT_ALLOWED;
     }
+    if (!wasm_runtime && (!wasm_modules || !wasm_modules->nelts)) {
+        static apr_uint32_t said;
+
+        ap_log_rerror(APLOG_MARK, apr_atomic_cas32(&said, 1, 0) == 0
+                                      ? APLOG_ERR : APLOG_DEBUG,
+                      0, r, WASMLOGNO(00046)
+                      "wasm-status: no WasmModule is configured, so there "
+                      "is no WebAssembly runtime to report on");
+        return HTTP_SERVICE_UNAVAILABLE;
+    }
     if (!wasm_runtime) {
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, WASMLOGNO(00046)
-                      "wasm-status: no WebAssembly runtime in this child "
-                      "(no WasmModule configured, or see earlier errors)");
+        wasm_log_no_runtime(r, "wasm-status");
         return HTTP_SERVICE_UNAVAILABLE;
     }
     if (wasm_rt_status(wasm_runtime, &text, &error) != WASM_RT_OK) {

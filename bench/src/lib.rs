@@ -1,13 +1,13 @@
 //! Shared set-up for the runtime benchmarks: guests built by `make all`,
 //! compiled into a cache for each engine variant, and CGI-like requests.
 
-use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use wasm_runtime::cache::{precompile_with, Options};
 use wasm_runtime::engine::Flavor;
-use wasm_runtime::{ModuleSpec, Request, Runtime};
+use wasm_runtime::request::EnvVar;
+use wasm_runtime::{Body, ModuleSpec, Request, Runtime};
 
 /// A guest from `build/guests/`; run `make all` first.
 pub fn guest(name: &str) -> PathBuf {
@@ -112,7 +112,7 @@ pub fn runtime_for(
 pub fn request(n_env: usize, query: &str, body: Bytes) -> Request<'static> {
     // Owned, as the figures in the README were measured: the server now
     // lends its strings instead, so this slightly overstates its cost.
-    let mut env: Vec<(Cow<'static, str>, Cow<'static, str>)> = [
+    let mut env: Vec<EnvVar<'static>> = [
         ("GATEWAY_INTERFACE", "CGI/1.1"),
         ("SERVER_PROTOCOL", "HTTP/1.1"),
         ("REQUEST_METHOD", "GET"),
@@ -137,19 +137,19 @@ pub fn request(n_env: usize, query: &str, body: Bytes) -> Request<'static> {
         ("SERVER_SIGNATURE", ""),
     ]
     .iter()
-    .map(|(k, v)| (k.to_string().into(), v.to_string().into()))
+    .map(|(k, v)| (k.as_bytes().to_vec().into(), v.as_bytes().to_vec().into()))
     .collect();
     env.truncate(n_env);
     while env.len() < n_env {
         env.push((
-            format!("HTTP_X_EXTRA_{}", env.len()).into(),
-            "some header value of moderate length".into(),
+            format!("HTTP_X_EXTRA_{}", env.len()).into_bytes().into(),
+            b"some header value of moderate length".to_vec().into(),
         ));
     }
     Request {
         args: vec!["guest.wasm".into()],
         env,
-        body,
+        body: Body::Bytes(body),
         ..Request::default()
     }
 }

@@ -59,13 +59,18 @@ fuzz_target!(|input: Input| {
         0,
         Request {
             args: input.args,
-            env: input.env.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
-            body: bytes::Bytes::from(input.body),
+            env: input
+                .env
+                .into_iter()
+                .map(|(k, v)| (k.into_bytes().into(), v.into_bytes().into()))
+                .collect(),
+            body: wasm_runtime::Body::Bytes(bytes::Bytes::from(input.body)),
             entry: input.entry,
             limits: Limits {
                 timeout: Duration::from_millis(200),
                 max_memory: 16 << 20,
                 max_output: 1 << 20,
+                ..Limits::default()
             },
             ..Request::default()
         },

@@ -37,14 +37,13 @@ typedef enum wasm_rt_code {
     WASM_RT_E_OUTPUT_LIMIT = 9,
     WASM_RT_E_PANIC = 10,
     WASM_RT_E_INTERNAL = 11,
-    WASM_RT_E_MEMORY_LIMIT = 12
+    WASM_RT_E_MEMORY_LIMIT = 12,
+    WASM_RT_E_FILE_LIMIT = 13,
+    WASM_RT_E_ABORTED = 14          /* send_output failed: see its caller */
 } wasm_rt_code;
 
 /* The per-process runtime of an Apache child: pooled engine + modules. */
 typedef struct wasm_rt_runtime wasm_rt_runtime;
-
-/* A request body being collected; consumed by wasm_rt_run. */
-typedef struct wasm_rt_body wasm_rt_body;
 
 /* A directory the guest may see. */
 typedef struct wasm_rt_dir {
@@ -52,6 +51,34 @@ typedef struct wasm_rt_dir {
     const char *host_path;
     int read_only;
 } wasm_rt_dir;
+
+/* A piece of output. */
+typedef struct wasm_rt_chunk {
+    const unsigned char *data;
+    size_t len;
+} wasm_rt_chunk;
+
+/*
+ * What the runtime calls back, on the thread that called wasm_rt_run and
+ * while the guest runs, to move the request body in and the response out.
+ * `timeout_us` is what is left of the request's time limit: a callback must
+ * not wait longer.
+ */
+typedef struct wasm_rt_io {
+    void *ctx;
+    /* Reads up to `len` bytes of the request body into `buf`; returns how
+     * many, 0 at the end of the body, -1 on failure (the guest then sees an
+     * I/O error). NULL: the guest's stdin is empty. */
+    int64_t (*read_body)(void *ctx, unsigned char *buf, size_t len,
+                         uint64_t timeout_us);
+    /* Sends `n` chunks of the guest's stdout, in order (they are only valid
+     * during the call); returns 0, or -1 when nothing more can be sent (the
+     * guest is then stopped, WASM_RT_E_ABORTED). Called once the output
+     * outgrows what a request keeps in memory (256 KiB); the rest is in the
+     * response. NULL: all of stdout is in the response. */
+    int32_t (*send_output)(void *ctx, const wasm_rt_chunk *chunks, size_t n,
+                           uint64_t timeout_us);
+} wasm_rt_io;
 
 /* One request. Arrays and strings are borrowed for the duration of the call. */
 typedef struct wasm_rt_request {
@@ -63,17 +90,12 @@ typedef struct wasm_rt_request {
     const wasm_rt_dir *dirs;
     size_t ndirs;
     const char *entry_point;        /* NULL: "_start" */
-    wasm_rt_body *body;             /* NULL: empty stdin; consumed either way */
+    wasm_rt_io io;                  /* body in, output out */
     uint64_t timeout_ms;            /* 0: the runtime's default */
     uint64_t max_memory;            /* bytes; 0: the runtime's default */
     uint64_t max_output;            /* bytes of stdout; 0: the runtime's default */
+    uint32_t max_open_files;        /* 0: the runtime's default */
 } wasm_rt_request;
-
-/* A piece of output. */
-typedef struct wasm_rt_chunk {
-    const unsigned char *data;
-    size_t len;
-} wasm_rt_chunk;
 
 /* The result of one request, owned by the runtime until wasm_rt_response_free. */
 typedef struct wasm_rt_response {
@@ -81,9 +103,10 @@ typedef struct wasm_rt_response {
     int32_t http_status;            /* 200 on success, else the status to answer */
     int32_t exit_code;              /* the guest's exit status, -1 if it did not exit */
     int32_t stderr_truncated;       /* 1 when stderr was cut at its limit */
-    const wasm_rt_chunk *out;       /* the guest's stdout (a CGI response), */
-    size_t out_chunks;              /* in this many non-empty chunks, */
-    size_t out_len;                 /* this many bytes in all */
+    const wasm_rt_chunk *out;       /* the guest's stdout (a CGI response) */
+    size_t out_chunks;              /* not sent through send_output, in this */
+    size_t out_len;                 /* many non-empty chunks, this many bytes */
+    uint64_t streamed;              /* bytes sent through io.send_output */
     const unsigned char *err;       /* the guest's stderr */
     size_t err_len;
     const char *message;            /* what went wrong; "" on success; never NULL */
@@ -98,7 +121,7 @@ const char *wasm_rt_version(void);
  * whose wasm_rt_abi_version() differs from the WASM_RT_ABI_VERSION it was
  * compiled with (a mismatched pair would misread arguments, not fail).
  */
-#define WASM_RT_ABI_VERSION 2
+#define WASM_RT_ABI_VERSION 3
 uint32_t wasm_rt_abi_version(void);
 
 /* Releases a message returned through a `char **error` parameter. */
@@ -166,15 +189,6 @@ void wasm_rt_runtime_free(wasm_rt_runtime *rt);
  */
 int32_t wasm_rt_module_reads_env(const wasm_rt_runtime *rt, size_t module,
                                  int32_t *reads_env);
-
-/* Starts a request body, reserving `size_hint` bytes. */
-wasm_rt_body *wasm_rt_body_new(size_t size_hint);
-
-/* Appends `len` bytes to a body. */
-int32_t wasm_rt_body_append(wasm_rt_body *body, const void *data, size_t len);
-
-/* Releases a body that was not passed to wasm_rt_run. */
-void wasm_rt_body_free(wasm_rt_body *body);
 
 /*
  * Runs module `module` for one request. Always stores a response in `*out`

@@ -29,10 +29,10 @@ pub struct Environ {
 }
 
 impl Environ {
-    /// Lays out `vars`. A variable with a NUL byte in it cannot be
-    /// represented in a C environment and is left out.
-    pub fn new<K: AsRef<str>, V: AsRef<str>>(vars: &[(K, V)]) -> Environ {
-        let usable = |k: &str, v: &str| !k.contains('\0') && !v.contains('\0');
+    /// Lays out `vars`, byte for byte. A variable with a NUL byte in it
+    /// cannot be represented in a C environment and is left out.
+    pub fn new<K: AsRef<[u8]>, V: AsRef<[u8]>>(vars: &[(K, V)]) -> Environ {
+        let usable = |k: &[u8], v: &[u8]| !k.contains(&0) && !v.contains(&0);
         let len = vars
             .iter()
             .map(|(k, v)| k.as_ref().len() + v.as_ref().len() + 2)
@@ -44,9 +44,9 @@ impl Environ {
         for (k, v) in vars {
             let (k, v) = (k.as_ref(), v.as_ref());
             if usable(k, v) {
-                env.bytes.extend_from_slice(k.as_bytes());
+                env.bytes.extend_from_slice(k);
                 env.bytes.push(b'=');
-                env.bytes.extend_from_slice(v.as_bytes());
+                env.bytes.extend_from_slice(v);
                 env.bytes.push(0);
                 env.count += 1;
             }
@@ -110,11 +110,12 @@ fn environ_get(mut caller: Caller<'_, Host>, environ: i32, buf: i32) -> Result<i
 }
 
 /// The guest's exported memory, as WASI's own calls find it.
-fn guest_memory(caller: &mut Caller<'_, Host>) -> Result<Memory> {
+/// The guest's `memory` export, which WASI calls read and write.
+pub(crate) fn guest_memory(caller: &mut Caller<'_, Host>) -> Result<Memory> {
     match caller.get_export("memory") {
         Some(Extern::Memory(m)) => Ok(m),
         _ => Err(wasmtime::Error::msg(
-            "the guest exports no memory for environ_get",
+            "the guest exports no memory for WASI to use",
         )),
     }
 }

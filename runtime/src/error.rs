@@ -38,6 +38,11 @@ pub enum Code {
     Internal = 11,
     /// The module needs more memory to start than the request may use.
     MemoryLimit = 12,
+    /// The guest opened more files at once than it may.
+    FileLimit = 13,
+    /// The response could not be sent while the guest ran (the client went
+    /// away, or the server refused the response head).
+    Aborted = 14,
 }
 
 impl Code {
@@ -67,11 +72,13 @@ impl Code {
             Code::Panic => "panic",
             Code::Internal => "internal error",
             Code::MemoryLimit => "memory limit too low",
+            Code::FileLimit => "open file limit exceeded",
+            Code::Aborted => "response not sent",
         }
     }
 
     /// Every code, in ABI order (used to check the header stays in sync).
-    pub const ALL: [Code; 13] = [
+    pub const ALL: [Code; 15] = [
         Code::Ok,
         Code::InvalidArgument,
         Code::Io,
@@ -85,6 +92,8 @@ impl Code {
         Code::Panic,
         Code::Internal,
         Code::MemoryLimit,
+        Code::FileLimit,
+        Code::Aborted,
     ];
 }
 

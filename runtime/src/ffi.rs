@@ -11,24 +11,21 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::ptr;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
+use crate::body::{Body, BodyReader};
 use crate::cache::Options;
 use crate::engine::Flavor;
 use crate::error::{Code, Error, Result};
 use crate::isolate::precompile_isolated;
-use crate::pipe::Output;
+use crate::pipe::{Output, OutputSink};
 use crate::request::{Limits, Preopen, Request};
 use crate::runtime::{ModuleSpec, Runtime};
 
 /// Opaque runtime handle handed to C.
 pub type wasm_rt_runtime = Runtime;
-
-/// Opaque request body handed to C.
-pub struct wasm_rt_body(BytesMut);
 
 /// See `wasm_rt_dir` in the header.
 #[repr(C)]
@@ -60,14 +57,16 @@ pub struct wasm_rt_request {
     pub ndirs: usize,
     /// Export to call, or NULL for `_start`.
     pub entry_point: *const c_char,
-    /// Request body, consumed; NULL for none.
-    pub body: *mut wasm_rt_body,
+    /// Body in, output out.
+    pub io: wasm_rt_io,
     /// Time limit in milliseconds, 0 for the default.
     pub timeout_ms: u64,
     /// Memory limit in bytes, 0 for the default.
     pub max_memory: u64,
     /// Output limit in bytes, 0 for the default.
     pub max_output: u64,
+    /// Open file limit, 0 for the default.
+    pub max_open_files: u32,
 }
 
 /// See `wasm_rt_chunk` in the header.
@@ -77,6 +76,70 @@ pub struct wasm_rt_chunk {
     pub data: *const u8,
     /// How many.
     pub len: usize,
+}
+
+/// `read_body` in the header.
+pub type wasm_rt_read_body = unsafe extern "C" fn(*mut c_void, *mut u8, usize, u64) -> i64;
+/// `send_output` in the header.
+pub type wasm_rt_send_output =
+    unsafe extern "C" fn(*mut c_void, *const wasm_rt_chunk, usize, u64) -> i32;
+
+/// See `wasm_rt_io` in the header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct wasm_rt_io {
+    /// Passed back to both callbacks.
+    pub ctx: *mut c_void,
+    /// Reads the request body; NULL for an empty stdin.
+    pub read_body: Option<wasm_rt_read_body>,
+    /// Sends output; NULL to keep all of it in the response.
+    pub send_output: Option<wasm_rt_send_output>,
+}
+
+/// The caller's callbacks, for the length of one `wasm_rt_run`.
+///
+/// SAFETY of `Send`: the WASI stream that holds it lives in the request's
+/// store, which is dropped before `wasm_rt_run` returns, and the guest only
+/// runs on the calling thread (inside `block_on`), so the callbacks are
+/// only ever called on that thread, while `ctx` is valid.
+struct Callbacks<F> {
+    ctx: *mut c_void,
+    f: F,
+}
+
+unsafe impl<F: Send> Send for Callbacks<F> {}
+
+/// Microseconds for a C callback.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+impl BodyReader for Callbacks<wasm_rt_read_body> {
+    fn read(&mut self, buf: &mut [u8], timeout: Duration) -> std::io::Result<usize> {
+        // SAFETY: see the type; `buf` is valid for `buf.len()` bytes.
+        let n = unsafe { (self.f)(self.ctx, buf.as_mut_ptr(), buf.len(), micros(timeout)) };
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= buf.len())
+            .ok_or_else(|| std::io::Error::other("the server could not read the request body"))
+    }
+}
+
+impl OutputSink for Callbacks<wasm_rt_send_output> {
+    fn send(&mut self, chunks: &[Bytes], timeout: Duration) -> std::io::Result<()> {
+        let c: Vec<wasm_rt_chunk> = chunks
+            .iter()
+            .map(|b| wasm_rt_chunk {
+                data: b.as_ptr(),
+                len: b.len(),
+            })
+            .collect();
+        // SAFETY: see the type; the chunks outlive the call.
+        match unsafe { (self.f)(self.ctx, c.as_ptr(), c.len(), micros(timeout)) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::other("the server stopped taking output")),
+        }
+    }
 }
 
 /// See `wasm_rt_response` in the header.
@@ -96,6 +159,8 @@ pub struct wasm_rt_response {
     pub out_chunks: usize,
     /// stdout length.
     pub out_len: usize,
+    /// Bytes sent through `send_output`.
+    pub streamed: u64,
     /// stderr bytes.
     pub err: *const u8,
     /// stderr length.
@@ -173,15 +238,16 @@ unsafe fn c_path(p: *const c_char, what: &str) -> Result<PathBuf> {
 /// A text argument. WASI strings are UTF-8; header values may not be, so
 /// invalid sequences become U+FFFD rather than failing the request.
 unsafe fn c_text(p: *const c_char, what: &str) -> Result<String> {
-    Ok(unsafe { c_text_borrowed(p, what) }?.into_owned())
+    Ok(unsafe { c_str(p, what) }?.to_string_lossy().into_owned())
 }
 
-/// [`c_text`] without a copy when the bytes are valid UTF-8.
+/// The bytes of a C string, borrowed (environment variables: CGI hands a
+/// script the bytes the client sent, UTF-8 or not).
 ///
 /// # Safety
 /// As [`c_str`]; the string must outlive `'a`.
-unsafe fn c_text_borrowed<'a>(p: *const c_char, what: &str) -> Result<Cow<'a, str>> {
-    Ok(unsafe { c_str(p, what) }?.to_string_lossy())
+unsafe fn c_bytes<'a>(p: *const c_char, what: &str) -> Result<Cow<'a, [u8]>> {
+    Ok(Cow::Borrowed(unsafe { c_str(p, what) }?.to_bytes()))
 }
 
 /// Borrows a C array of `n` elements; NULL is fine when `n` is 0.
@@ -204,7 +270,7 @@ pub extern "C" fn wasm_rt_version() -> *const c_char {
 
 /// The version of the C interface (`WASM_RT_ABI_VERSION` in the header):
 /// bump it with any change to a prototype or a `#[repr(C)]` struct.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// The version of the C interface this library implements.
 #[no_mangle]
@@ -424,57 +490,16 @@ pub unsafe extern "C" fn wasm_rt_module_reads_env(
     unsafe { report(r, std::ptr::null_mut()) }
 }
 
-/// Starts a request body.
-#[no_mangle]
-pub extern "C" fn wasm_rt_body_new(size_hint: usize) -> *mut wasm_rt_body {
-    // Cap the reservation: the hint comes from a client's Content-Length.
-    let reserve = size_hint.min(16 << 20);
-    catch_unwind(|| Box::into_raw(Box::new(wasm_rt_body(BytesMut::with_capacity(reserve)))))
-        .unwrap_or(ptr::null_mut())
-}
-
-/// Appends to a request body.
-///
-/// # Safety
-/// `body` came from `wasm_rt_body_new`; `data` is valid for `len` bytes.
-#[no_mangle]
-pub unsafe extern "C" fn wasm_rt_body_append(
-    body: *mut wasm_rt_body,
-    data: *const c_void,
-    len: usize,
-) -> i32 {
-    let r = guard("wasm_rt_body_append", || {
-        if body.is_null() {
-            return Err(Error::new(Code::InvalidArgument, "body is NULL"));
-        }
-        let bytes = unsafe { c_array(data.cast::<u8>(), len, "data") }?;
-        unsafe { (*body).0.extend_from_slice(bytes) };
-        Ok(())
-    });
-    unsafe { report(r, ptr::null_mut()) }
-}
-
-/// Releases a body that was not run.
-///
-/// # Safety
-/// `body` is NULL or came from `wasm_rt_body_new` and was not consumed.
-#[no_mangle]
-pub unsafe extern "C" fn wasm_rt_body_free(body: *mut wasm_rt_body) {
-    if !body.is_null() {
-        let _ = guard("wasm_rt_body_free", || {
-            drop(unsafe { Box::from_raw(body) });
-            Ok(())
-        });
-    }
-}
-
-/// Converts the C request into the runtime's, taking the body.
+/// Converts the C request into the runtime's.
 unsafe fn request_from_c<'a>(req: &'a wasm_rt_request) -> Result<Request<'a>> {
-    let body = if req.body.is_null() {
-        Bytes::new()
-    } else {
-        unsafe { Box::from_raw(req.body) }.0.freeze()
+    let io = req.io;
+    let body = match io.read_body {
+        None => Body::default(),
+        Some(f) => Body::Reader(Box::new(Callbacks { ctx: io.ctx, f })),
     };
+    let output = io
+        .send_output
+        .map(|f| Box::new(Callbacks { ctx: io.ctx, f }) as Box<dyn OutputSink>);
     let args = unsafe { c_array(req.argv, req.argc, "argv") }?
         .iter()
         .map(|&a| unsafe { c_text(a, "argument") })
@@ -485,8 +510,8 @@ unsafe fn request_from_c<'a>(req: &'a wasm_rt_request) -> Result<Request<'a>> {
         .iter()
         .zip(values)
         .map(|(&n, &v)| {
-            Ok((unsafe { c_text_borrowed(n, "env name") }?, unsafe {
-                c_text_borrowed(v, "env value")
+            Ok((unsafe { c_bytes(n, "env name") }?, unsafe {
+                c_bytes(v, "env value")
             }?))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -521,6 +546,10 @@ unsafe fn request_from_c<'a>(req: &'a wasm_rt_request) -> Result<Request<'a>> {
         },
         max_memory: or(req.max_memory, defaults.max_memory),
         max_output: or(req.max_output, defaults.max_output),
+        max_open_files: match req.max_open_files {
+            0 => defaults.max_open_files,
+            n => n,
+        },
     };
     Ok(Request {
         args,
@@ -528,6 +557,7 @@ unsafe fn request_from_c<'a>(req: &'a wasm_rt_request) -> Result<Request<'a>> {
         dirs,
         entry,
         body,
+        output,
         limits,
     })
 }
@@ -536,6 +566,7 @@ fn response(
     result: Result<()>,
     exit_code: i32,
     stdout: Output,
+    streamed: usize,
     stderr: Bytes,
     stderr_truncated: bool,
 ) -> Box<ResponseBox> {
@@ -562,6 +593,7 @@ fn response(
             out: chunks.as_ptr(),
             out_chunks: chunks.len(),
             out_len: stdout.len(),
+            streamed: streamed as u64,
             err: stderr.as_ptr(),
             err_len: stderr.len(),
             message: message.as_ptr(),
@@ -586,21 +618,22 @@ pub unsafe extern "C" fn wasm_rt_run(
     out: *mut *mut wasm_rt_response,
 ) -> i32 {
     let boxed = catch_unwind(AssertUnwindSafe(|| {
+        let failed = |e| response(Err(e), -1, Output::default(), 0, Bytes::new(), false);
         if rt.is_null() || req.is_null() {
-            if !req.is_null() {
-                unsafe { wasm_rt_body_free((*req).body) };
-            }
-            let e = Error::new(Code::InvalidArgument, "runtime or request is NULL");
-            return response(Err(e), -1, Output::default(), Bytes::new(), false);
+            return failed(Error::new(
+                Code::InvalidArgument,
+                "runtime or request is NULL",
+            ));
         }
         match unsafe { request_from_c(&*req) } {
-            Err(e) => response(Err(e), -1, Output::default(), Bytes::new(), false),
+            Err(e) => failed(e),
             Ok(request) => {
                 let o = unsafe { &*rt }.run(module, request);
                 response(
                     o.result,
                     o.exit_code,
                     o.stdout,
+                    o.streamed,
                     o.stderr,
                     o.stderr_truncated,
                 )
@@ -609,7 +642,7 @@ pub unsafe extern "C" fn wasm_rt_run(
     }))
     .unwrap_or_else(|_| {
         let e = Error::new(Code::Panic, "wasm_rt_run panicked");
-        response(Err(e), -1, Output::default(), Bytes::new(), false)
+        response(Err(e), -1, Output::default(), 0, Bytes::new(), false)
     });
     let code = boxed.c.code;
     if out.is_null() {

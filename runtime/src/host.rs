@@ -6,6 +6,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::environ::{self, Environ};
 use crate::error::{chain, Code, Error, Result};
+use crate::poll;
 
 /// Per-request state stored in each `Store`.
 pub struct Host {
@@ -19,11 +20,12 @@ pub struct Host {
 
 /// A linker that provides WASI preview 1 to guests (async bindings: a
 /// request runs as one future, see `request.rs`), with our own environment
-/// calls.
+/// calls and a `poll_oneoff` whose sleeps `WasmTimeout` can stop.
 pub fn linker(engine: &Engine) -> Result<Linker<Host>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p1::add_to_linker_async(&mut linker, |h: &mut Host| &mut h.wasi)
         .and_then(|()| environ::add_to_linker(&mut linker))
+        .and_then(|()| poll::add_to_linker(&mut linker))
         .map_err(|e| Error::new(Code::Internal, chain(&e)))?;
     Ok(linker)
 }

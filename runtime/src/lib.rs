@@ -5,10 +5,12 @@
 //! At configuration time modules are compiled once into a cache ([`cache`],
 //! in a throw-away process: [`isolate`]); every child process then loads them
 //! into a pooled engine ([`runtime`]) and runs each request in a fresh store
-//! ([`request`]).
+//! ([`request`]), its body read ([`body`]) and its output sent ([`pipe`])
+//! through the server while the guest runs.
 
 #![deny(missing_docs)]
 
+pub mod body;
 pub mod cache;
 pub mod engine;
 pub mod environ;
@@ -18,12 +20,15 @@ pub mod host;
 pub mod isolate;
 pub mod limits;
 pub mod pipe;
+pub mod poll;
 pub mod request;
 pub mod runtime;
 pub mod shard;
 pub mod status;
 
+pub use body::{Body, BodyReader};
 pub use error::{Code, Error, Result};
+pub use pipe::OutputSink;
 pub use request::{Limits, Outcome, Preopen, Request};
 pub use runtime::{ModuleSpec, Runtime};
 

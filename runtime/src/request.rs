@@ -4,21 +4,23 @@
 
 use std::borrow::Cow;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use wasmtime::component::ResourceTableError;
 use wasmtime::{
     Instance, PoolConcurrencyLimitError, Store, StoreLimitsBuilder, Trap, TypedFunc, WasmBacktrace,
 };
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::runtime::in_tokio;
-use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder, WasiView};
 
+use crate::body::{Body, StreamedStdin};
 use crate::engine::deadline_ticks;
 use crate::environ::Environ;
 use crate::error::{chain, Code, Error, Result};
 use crate::host::Host;
-use crate::pipe::{CappedPipe, Output, Overflow};
+use crate::pipe::{CappedPipe, Output, OutputSink, Overflow};
 use crate::runtime::{Loaded, Runtime, START};
 
 /// Default of `WasmTimeout`.
@@ -27,8 +29,13 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_MEMORY: usize = 256 << 20;
 /// Default of `WasmMaxOutput`.
 pub const DEFAULT_MAX_OUTPUT: usize = 64 << 20;
+/// Default of `WasmMaxOpenFiles`.
+pub const DEFAULT_MAX_OPEN_FILES: u32 = 128;
 /// Most stderr kept per request; the rest is dropped (and said so in the log).
 pub const MAX_STDERR: usize = 64 << 10;
+/// Handles WASI holds besides the guest's own files: stdin, stdout, stderr,
+/// and short-lived ones such as the pollables of one `poll_oneoff`.
+const WASI_HANDLES: usize = 3 + 8;
 
 /// A host directory the guest may see.
 #[derive(Debug, Clone)]
@@ -50,6 +57,9 @@ pub struct Limits {
     pub max_memory: usize,
     /// Most stdout the guest may write, bytes.
     pub max_output: usize,
+    /// Most files and directories the guest may have open at once,
+    /// preopened directories not counted.
+    pub max_open_files: u32,
 }
 
 impl Default for Limits {
@@ -58,29 +68,53 @@ impl Default for Limits {
             timeout: DEFAULT_TIMEOUT,
             max_memory: DEFAULT_MAX_MEMORY,
             max_output: DEFAULT_MAX_OUTPUT,
+            max_open_files: DEFAULT_MAX_OPEN_FILES,
         }
     }
 }
+
+/// One environment variable: its name and value, as bytes.
+pub type EnvVar<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
 
 /// Everything a guest gets for one request.
 ///
 /// The environment may borrow: it is laid out into one buffer for the guest
 /// anyway (see `environ.rs`), so the C boundary lends the server's strings
-/// instead of copying each variable twice on every request.
-#[derive(Debug, Clone, Default)]
+/// instead of copying each variable twice on every request. It is bytes, not
+/// text: a header that is not UTF-8 reaches the guest as the client sent
+/// it, as it reaches a CGI program.
+#[derive(Default)]
 pub struct Request<'a> {
     /// `argv`, including `argv[0]`.
     pub args: Vec<String>,
     /// The environment: exactly these variables, nothing from the host.
-    pub env: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    pub env: Vec<EnvVar<'a>>,
     /// Preopened directories.
     pub dirs: Vec<Preopen>,
     /// Export to call; `_start` when `None`.
     pub entry: Option<String>,
     /// The request body, the guest's stdin.
-    pub body: Bytes,
+    pub body: Body,
+    /// Where stdout goes once it outgrows what a request keeps (see
+    /// `pipe.rs`); `None`: all of it is kept and returned.
+    pub output: Option<Box<dyn OutputSink>>,
     /// Limits of this request.
     pub limits: Limits,
+}
+
+impl Request<'_> {
+    /// Sets the environment from text pairs (tests, benchmarks).
+    pub fn set_env<K: AsRef<str>, V: AsRef<str>>(&mut self, vars: &[(K, V)]) {
+        self.env = vars
+            .iter()
+            .map(|(k, v)| {
+                (
+                    Cow::Owned(k.as_ref().as_bytes().to_vec()),
+                    Cow::Owned(v.as_ref().as_bytes().to_vec()),
+                )
+            })
+            .collect();
+    }
 }
 
 /// What a run produced. Output is kept even when the run failed, so that
@@ -91,8 +125,11 @@ pub struct Outcome {
     pub result: Result<()>,
     /// The guest's exit status (0 when it returned normally).
     pub exit_code: i32,
-    /// Everything the guest wrote to stdout.
+    /// What the guest wrote to stdout and was not handed to the request's
+    /// [`OutputSink`].
     pub stdout: Output,
+    /// Bytes of stdout handed to the sink while the guest ran.
+    pub streamed: usize,
     /// What the guest wrote to stderr, up to [`MAX_STDERR`].
     pub stderr: Bytes,
     /// True when stderr was cut at [`MAX_STDERR`].
@@ -101,7 +138,12 @@ pub struct Outcome {
 
 impl Runtime {
     /// Runs module `index` for one request.
+    ///
+    /// `WasmTimeout` bounds the whole run, wall clock: a guest waiting in a
+    /// host call (a sleep, `poll_oneoff`, a read of the request body) is
+    /// stopped as surely as one that computes, and its slot comes back.
     pub fn run(&self, index: usize, req: Request<'_>) -> Outcome {
+        let deadline = Instant::now() + req.limits.timeout;
         let Some(module) = self.module(index) else {
             return Outcome::failed(Error::new(
                 Code::InvalidArgument,
@@ -126,11 +168,19 @@ impl Runtime {
         };
         // An `InstancePre` belongs to one engine: use the leased shard's copy.
         let module = &lease.shard().modules[index];
-        let stdout = CappedPipe::new(req.limits.max_output, Overflow::Trap);
+        let stdout = match req.output {
+            Some(sink) => {
+                CappedPipe::streaming(req.limits.max_output, Overflow::Trap, sink, deadline)
+            }
+            None => CappedPipe::new(req.limits.max_output, Overflow::Trap),
+        };
         let stderr = CappedPipe::new(MAX_STDERR, Overflow::Truncate);
         let mut wasi = WasiCtxBuilder::new();
+        match req.body {
+            Body::Bytes(b) => wasi.stdin(MemoryInputPipe::new(b)),
+            Body::Reader(r) => wasi.stdin(StreamedStdin::new(r, deadline)),
+        };
         wasi.args(&req.args)
-            .stdin(MemoryInputPipe::new(req.body))
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             // No async runtime round trip for file operations.
@@ -154,12 +204,20 @@ impl Runtime {
             // A failed memory.grow returns -1 to the guest, which can cope.
             .trap_on_grow_failure(false)
             .build();
+        let mut wasi = wasi.build_p1();
+        // Every file the guest opens is a handle in this table: bounding it
+        // bounds the host descriptors one request holds (a guest opening
+        // files in a loop took a child to its RLIMIT_NOFILE, and Apache's
+        // own accept then failed). Dropping the store closes them all.
+        wasi.ctx()
+            .table
+            .set_max_capacity(WASI_HANDLES + req.dirs.len() + req.limits.max_open_files as usize);
         // A Store is the unit of per-request isolation: it owns the instance
         // and its pooled memory, and dies with the request.
         let mut store = Store::new(
             &lease.shard().engine,
             Host {
-                wasi: wasi.build_p1(),
+                wasi,
                 environ: if module.reads_env {
                     Environ::new(&req.env)
                 } else {
@@ -175,38 +233,48 @@ impl Runtime {
         }
 
         let entry = req.entry.as_deref().unwrap_or(START);
-        let timeout = req.limits.timeout;
+        let limits = req.limits;
+        let timeout = limits.timeout;
         // One Tokio entry for the whole request, with the guest on a pooled
         // fiber stack: WASI's synchronous bindings enter Tokio on every host
         // call instead, which cost MicroPython ~6% of its request (it makes
         // ~200 calls, most of them small file reads).
+        //
+        // The epoch deadline stops a guest that computes; the timer stops
+        // one that waits in a host call, where epochs are not checked.
+        // Dropping the call's future unwinds the guest's fiber.
         let (result, exit_code) = in_tokio(async {
-            let instance = match module.pre.instantiate_async(&mut store).await {
-                Ok(i) => i,
-                Err(e) => return (Err(self.instantiate_error(&module.name, e)), -1),
-            };
-            let func = match entry_func(module, instance, &mut store, entry) {
-                Ok(f) => f,
-                Err(e) => {
-                    return (
-                        Err(Error::new(
-                            Code::Link,
-                            format!("{}: entry point `{entry}`: {}", module.name, chain(&e)),
-                        )),
-                        -1,
-                    )
+            let run = async {
+                let instance = match module.pre.instantiate_async(&mut store).await {
+                    Ok(i) => i,
+                    Err(e) => return (Err(self.instantiate_error(&module.name, e)), -1),
+                };
+                let func = match entry_func(module, instance, &mut store, entry) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        return (
+                            Err(Error::new(
+                                Code::Link,
+                                format!("{}: entry point `{entry}`: {}", module.name, chain(&e)),
+                            )),
+                            -1,
+                        )
+                    }
+                };
+                match func.call_async(&mut store, ()).await {
+                    Ok(()) => (Ok(()), 0),
+                    Err(e) => classify(&module.name, e, &limits),
                 }
             };
-            match func.call_async(&mut store, ()).await {
-                Ok(()) => (Ok(()), 0),
-                Err(e) => classify(&module.name, e, timeout),
-            }
+            tokio::time::timeout_at(deadline.into(), run)
+                .await
+                .unwrap_or_else(|_| (Err(timed_out(&module.name, timeout)), -1))
         });
         // The slot returns to the pool with the store, before the lease ends.
         drop(store);
         drop(lease);
 
-        let (stdout, stdout_over) = stdout.take();
+        let (stdout_left, stdout_over) = stdout.take();
         let (stderr, stderr_truncated) = stderr.take();
         // stderr is small and read line by line: one buffer is simpler.
         let stderr = stderr.to_bytes();
@@ -214,7 +282,14 @@ impl Runtime {
         // The trap comes from inside a WASI call, so it surfaces as a plain
         // error; whatever the guest did after, its response is cut.
         let timed_out = matches!(&result, Err(e) if e.code == Code::Timeout);
-        if stdout_over && !timed_out {
+        if let Some(e) = stdout.send_error() {
+            if !timed_out {
+                result = Err(Error::new(
+                    Code::Aborted,
+                    format!("{}: the response could not be sent: {e}", module.name),
+                ));
+            }
+        } else if stdout_over && !timed_out {
             result = Err(Error::new(
                 Code::OutputLimit,
                 format!(
@@ -226,7 +301,8 @@ impl Runtime {
         Outcome {
             result,
             exit_code,
-            stdout,
+            stdout: stdout_left,
+            streamed: stdout.sent(),
             stderr,
             stderr_truncated,
         }
@@ -251,7 +327,7 @@ impl Runtime {
         }
         // A trap in a start function, or a memory that cannot be created.
         match e.downcast_ref::<Trap>() {
-            Some(_) => classify(name, e, Duration::ZERO).0.unwrap_err(),
+            Some(_) => classify(name, e, &Limits::default()).0.unwrap_err(),
             None => Error::new(
                 Code::Internal,
                 format!("{name}: instantiation failed: {}", chain(&e)),
@@ -294,8 +370,16 @@ fn human_size(bytes: u64) -> String {
     }
 }
 
+/// The error of a run stopped by `WasmTimeout`.
+fn timed_out(name: &str, timeout: Duration) -> Error {
+    Error::new(
+        Code::Timeout,
+        format!("{name}: the guest ran longer than {timeout:?} (WasmTimeout) and was stopped"),
+    )
+}
+
 /// Sorts a failed run into the classes the server reports.
-fn classify(name: &str, e: wasmtime::Error, timeout: Duration) -> (Result<()>, i32) {
+fn classify(name: &str, e: wasmtime::Error, limits: &Limits) -> (Result<()>, i32) {
     if let Some(exit) = e.downcast_ref::<I32Exit>() {
         return if exit.0 == 0 {
             (Ok(()), 0)
@@ -309,16 +393,24 @@ fn classify(name: &str, e: wasmtime::Error, timeout: Duration) -> (Result<()>, i
             )
         };
     }
-    match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => (
+    if matches!(
+        e.downcast_ref::<ResourceTableError>(),
+        Some(ResourceTableError::Full)
+    ) {
+        return (
             Err(Error::new(
-                Code::Timeout,
+                Code::FileLimit,
                 format!(
-                    "{name}: the guest ran longer than {timeout:?} (WasmTimeout) and was stopped"
+                    "{name}: the guest opened more than {} files at once (WasmMaxOpenFiles) \
+                     and was stopped",
+                    limits.max_open_files
                 ),
             )),
             -1,
-        ),
+        );
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => (Err(timed_out(name, limits.timeout)), -1),
         Some(trap) => (
             Err(Error::new(
                 Code::Trap,
@@ -360,6 +452,7 @@ impl Outcome {
             result: Err(e),
             exit_code: -1,
             stdout: Output::default(),
+            streamed: 0,
             stderr: Bytes::new(),
             stderr_truncated: false,
         }

@@ -2,7 +2,7 @@
 //! prototypes, and struct layouts (the latter by compiling a probe against
 //! the header with the system C compiler).
 
-use std::ffi::{c_char, c_void};
+use std::ffi::c_char;
 use std::mem::{offset_of, size_of};
 use std::path::Path;
 use std::process::Command;
@@ -51,7 +51,7 @@ fn abi_version_matches() {
 /// The interface when `WASM_RT_ABI_VERSION` was last decided: the version
 /// and the first 16 hex digits of the SHA-256 of the header without
 /// comments, whitespace collapsed.
-const DECIDED: (u32, &str) = (2, "c061f7516c5dcfb2");
+const DECIDED: (u32, &str) = (3, "baa9de4182f30ea4");
 
 #[test]
 fn a_changed_interface_gets_a_decided_version() {
@@ -119,12 +119,6 @@ fn prototypes_match() {
             "int32_t wasm_rt_module_reads_env(const wasm_rt_runtime *rt, size_t module, int32_t *reads_env);",
             wasm_rt_module_reads_env as unsafe extern "C" fn(*const wasm_rt_runtime, usize, *mut i32) -> i32 as usize,
         ),
-        ("wasm_rt_body *wasm_rt_body_new(size_t size_hint);", wasm_rt_body_new as extern "C" fn(usize) -> *mut wasm_rt_body as usize),
-        (
-            "int32_t wasm_rt_body_append(wasm_rt_body *body, const void *data, size_t len);",
-            wasm_rt_body_append as unsafe extern "C" fn(*mut wasm_rt_body, *const c_void, usize) -> i32 as usize,
-        ),
-        ("void wasm_rt_body_free(wasm_rt_body *body);", wasm_rt_body_free as unsafe extern "C" fn(*mut wasm_rt_body) as usize),
         (
             "int32_t wasm_rt_run(const wasm_rt_runtime *rt, size_t module, const wasm_rt_request *req, wasm_rt_response **out);",
             wasm_rt_run
@@ -133,21 +127,51 @@ fn prototypes_match() {
         ),
         ("void wasm_rt_response_free(wasm_rt_response *resp);", wasm_rt_response_free as unsafe extern "C" fn(*mut wasm_rt_response) as usize),
     ];
+    // The casts above are the type check; here each prototype is found.
     let h = header();
-    for (proto, f) in protos {
-        assert_ne!(*f, 0);
+    for (proto, _) in protos {
         assert!(h.contains(proto), "header lacks `{proto}`");
     }
-    let declared = h.matches(" wasm_rt_").filter(|_| true).count();
-    let fns = h
-        .split(';')
-        .filter(|s| s.contains("wasm_rt_") && s.contains('(') && !s.contains("typedef"))
-        .count();
-    assert_eq!(
-        fns,
-        protos.len(),
-        "header declares functions this test does not know ({declared})"
+    // Statements that declare a function: those with a `(` that are not
+    // typedefs (the callback members of `wasm_rt_io` are inside one).
+    let mut depth = 0usize;
+    let mut fns = Vec::new();
+    let mut stmt = String::new();
+    for ch in h.chars() {
+        match ch {
+            '{' if stmt.contains("typedef") => depth += 1,
+            '}' if depth > 0 => depth -= 1,
+            ';' if depth == 0 => {
+                let s = std::mem::take(&mut stmt);
+                if s.contains("wasm_rt_") && s.contains('(') && !s.contains("typedef") {
+                    fns.push(s.trim().to_string());
+                }
+                continue;
+            }
+            // `extern "C" {` and its end.
+            '{' | '}' => {
+                stmt.clear();
+                continue;
+            }
+            _ => {}
+        }
+        if depth == 0 {
+            stmt.push(ch);
+        }
+    }
+    let unknown: Vec<_> = fns
+        .iter()
+        .filter(|f| {
+            !protos
+                .iter()
+                .any(|(p, _)| f.contains(p.trim_end_matches(';')))
+        })
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "header declares functions this test does not know: {unknown:?}"
     );
+    assert_eq!(fns.len(), protos.len(), "{fns:?}");
 }
 
 /// Offsets and sizes as the C compiler sees them.
@@ -182,6 +206,8 @@ fn c_layout() -> String {
 
 const FIELDS: &[(&str, &[&str])] = &[
     ("wasm_rt_dir", &["guest_path", "host_path", "read_only"]),
+    ("wasm_rt_chunk", &["data", "len"]),
+    ("wasm_rt_io", &["ctx", "read_body", "send_output"]),
     (
         "wasm_rt_request",
         &[
@@ -193,10 +219,11 @@ const FIELDS: &[(&str, &[&str])] = &[
             "dirs",
             "ndirs",
             "entry_point",
-            "body",
+            "io",
             "timeout_ms",
             "max_memory",
             "max_output",
+            "max_open_files",
         ],
     ),
     (
@@ -207,7 +234,9 @@ const FIELDS: &[(&str, &[&str])] = &[
             "exit_code",
             "stderr_truncated",
             "out",
+            "out_chunks",
             "out_len",
+            "streamed",
             "err",
             "err_len",
             "message",
@@ -226,6 +255,8 @@ macro_rules! rust_layout {
 fn struct_layouts_match() {
     let mut rust = String::new();
     rust_layout!(rust, wasm_rt_dir, guest_path, host_path, read_only);
+    rust_layout!(rust, wasm_rt_chunk, data, len);
+    rust_layout!(rust, wasm_rt_io, ctx, read_body, send_output);
     rust_layout!(
         rust,
         wasm_rt_request,
@@ -237,10 +268,11 @@ fn struct_layouts_match() {
         dirs,
         ndirs,
         entry_point,
-        body,
+        io,
         timeout_ms,
         max_memory,
-        max_output
+        max_output,
+        max_open_files
     );
     rust_layout!(
         rust,
@@ -250,7 +282,9 @@ fn struct_layouts_match() {
         exit_code,
         stderr_truncated,
         out,
+        out_chunks,
         out_len,
+        streamed,
         err,
         err_len,
         message

@@ -72,7 +72,10 @@ fn request() -> Request<'static> {
 /// [`request`] with these environment variables.
 fn request_with_env(vars: &[(&'static str, &'static str)]) -> Request<'static> {
     Request {
-        env: vars.iter().map(|&(k, v)| (k.into(), v.into())).collect(),
+        env: vars
+            .iter()
+            .map(|&(k, v)| (k.as_bytes().into(), v.as_bytes().into()))
+            .collect(),
         ..request()
     }
 }
@@ -166,7 +169,7 @@ fn stdin_is_the_request_body() {
         2,
     );
     let mut req = request();
-    req.body = bytes::Bytes::from_static(b"request body bytes");
+    req.body = wasm_runtime::Body::Bytes(bytes::Bytes::from_static(b"request body bytes"));
     let o = rt.run(0, req);
     o.result.unwrap();
     assert_eq!(&o.stdout.to_bytes()[..], b"request body bytes");
@@ -284,6 +287,54 @@ fn endless_loop_is_stopped_at_the_timeout() {
         took >= Duration::from_millis(200) && took < Duration::from_secs(2),
         "{took:?}"
     );
+}
+
+/// A guest that sleeps `ns` nanoseconds in `poll_oneoff` (one relative
+/// clock, as `nanosleep` does), then writes "woke".
+fn sleeper(ns: u64) -> String {
+    format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 300) "woke")
+  (func (export "_start")
+    ;; subscription at 0: userdata 9, clock, timeout at 24, flags 0
+    (i64.store (i32.const 0) (i64.const 9))
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i64.store (i32.const 24) (i64.const {ns}))
+    (if (i32.ne (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)) (i32.const 0))
+      (then unreachable))
+    ;; one event, for userdata 9
+    (if (i32.ne (i32.load (i32.const 128)) (i32.const 1)) (then unreachable))
+    (if (i64.ne (i64.load (i32.const 64)) (i64.const 9)) (then unreachable))
+    (i32.store (i32.const 200) (i32.const 300))
+    (i32.store (i32.const 204) (i32.const 4))
+    (drop (call $fd_write (i32.const 1) (i32.const 200) (i32.const 1) (i32.const 208)))))"#
+    )
+}
+
+#[test]
+fn a_guest_sleeping_in_the_host_is_stopped_at_the_timeout() {
+    let rt = runtime_of("sleep", &sleeper(u64::MAX), 2);
+    let mut req = request();
+    req.limits.timeout = Duration::from_millis(300);
+    let started = Instant::now();
+    let e = rt.run(0, req).result.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.code, Code::Timeout, "{}", e.message);
+    assert!(e.message.contains("WasmTimeout"), "{}", e.message);
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    // A short sleep still ends as the guest asked, with its event.
+    let short = runtime_of("nap", &sleeper(20_000_000), 2);
+    let started = Instant::now();
+    let o = short.run(0, request());
+    o.result.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(20));
+    assert_eq!(&o.stdout.to_bytes()[..], b"woke");
 }
 
 #[test]
