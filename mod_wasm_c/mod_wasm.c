@@ -927,6 +927,12 @@ static int64_t wasm_read_body_cb(void *data, unsigned char *buf, size_t len,
                               io->module_path);
                 return -1;
             }
+            if (APR_BRIGADE_EMPTY(io->in)) {
+                /* A blocking read that brought nothing: take it as the end
+                 * rather than asking again forever. */
+                io->seen_eos = 1;
+                break;
+            }
         }
         while (!APR_BRIGADE_EMPTY(io->in) && got < len) {
             apr_bucket *b = APR_BRIGADE_FIRST(io->in);
