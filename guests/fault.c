@@ -11,13 +11,19 @@
  *   output    writes without end
  *   sleep     sleeps 20 s in the host (nanosleep), then answers
  *   poll      waits in poll_oneoff on a clock that never fires
+ *   pollabs   the same with an absolute clock (WASI's own path)
+ *   poll2     2,000 calls of poll_oneoff with two clocks of 0 ns each
  *   files     opens /data/file (a WasmMapDir) until that fails, keeping each
+ *             and saying on stderr how many it holds
  *   longhead  one header line of 8,190 bytes with a header's text at its end
  *   count     reads stdin to its end and answers how many bytes it read
  *   bigN      a response of N MiB (e.g. big64)
  *   slow      300 KiB, a 1 s pause, 300 KiB more
  *   late      1 MiB of response, then a trap
  *   chatty    a response, and 250 lines on stderr
+ *   writeread 300 KiB of response, then reads stdin to its end
+ *   redirect  a local redirect to /hello, without reading stdin
+ *   naps      1,000 sleeps of 0 ns
  */
 #include <fcntl.h>
 #include <stdio.h>
@@ -118,10 +124,36 @@ int main(void)
             return 1;
         }
     }
+    if (!strcmp(q, "pollabs") || !strcmp(q, "poll2")) {
+        __wasi_subscription_t sub[2];
+        __wasi_event_t ev[2];
+        __wasi_size_t n;
+        int two = !strcmp(q, "poll2");
+
+        memset(sub, 0, sizeof(sub));
+        for (int i = 0; i < 2; i++) {
+            sub[i].userdata = i;
+            sub[i].u.tag = __WASI_EVENTTYPE_CLOCK;
+            sub[i].u.u.clock.id = __WASI_CLOCKID_MONOTONIC;
+        }
+        if (!two) {
+            sub[0].u.u.clock.timeout = ~(__wasi_timestamp_t)0;
+            sub[0].u.u.clock.flags = __WASI_SUBCLOCKFLAGS_SUBSCRIPTION_CLOCK_ABSTIME;
+        }
+        for (int i = 0; i < (two ? 2000 : 1); i++) {
+            __wasi_errno_t e = __wasi_poll_oneoff(sub, ev, two ? 2 : 1, &n);
+            if (e != 0) {
+                printf("Content-Type: text/plain\r\n\r\npoll %d: errno %d\n", i, e);
+                return 0;
+            }
+        }
+        fputs("Content-Type: text/plain\r\n\r\npolled\n", stdout);
+        return 0;
+    }
     if (!strcmp(q, "files")) {
         int n = 0;
         while (open("/data/file", O_RDONLY) >= 0) {
-            n++;
+            fprintf(stderr, "holding %d files\n", ++n);
         }
         printf("Content-Type: text/plain\r\n\r\nopened %d\n", n);
         return 0;
@@ -132,6 +164,34 @@ int main(void)
             putchar('a');
         }
         fputs("Set-Cookie: injected=1\r\n\r\nbody\n", stdout);
+        return 0;
+    }
+    if (!strcmp(q, "naps")) {
+        struct timespec ts = {0, 0};
+        for (int i = 0; i < 1000; i++) {
+            nanosleep(&ts, NULL);
+        }
+        fputs("Content-Type: text/plain\r\n\r\nnapped\n", stdout);
+        return 0;
+    }
+    if (!strcmp(q, "redirect")) {
+        fputs("Location: /hello\r\n\r\n", stdout);
+        return 0;
+    }
+    if (!strcmp(q, "writeread")) {
+        static char block[1024];
+        static char buf[65536];
+        size_t n, total = 0;
+        memset(block, 'w', sizeof(block));
+        fputs("Content-Type: application/octet-stream\r\n\r\n", stdout);
+        for (int i = 0; i < 300; i++) {
+            fwrite(block, 1, sizeof(block), stdout);
+        }
+        fflush(stdout);
+        while ((n = fread(buf, 1, sizeof(buf), stdin)) > 0) {
+            total += n;
+        }
+        printf("read %zu\n", total);
         return 0;
     }
     if (!strcmp(q, "count")) {

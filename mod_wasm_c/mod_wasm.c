@@ -13,6 +13,7 @@
 
 #include "apr_atomic.h"
 #include "apr_strings.h"
+#include "apr_support.h"
 #include "apr_buckets.h"
 #include "apr_file_info.h"
 
@@ -21,6 +22,7 @@
 
 #include "httpd.h"
 #include "http_config.h"
+#include "http_connection.h"
 #include "http_core.h"
 #include "http_log.h"
 #include "http_main.h"
@@ -859,8 +861,138 @@ typedef struct {
     int discard;                /* the guest's body is not sent (redirect, 304) */
     int redirect_status;        /* 302 for an absolute Location, 0: none */
     const char *redirect;       /* a local Location: an internal redirect */
-    int send_failed;            /* ap_pass_brigade failed: nothing more goes out */
+    int send_failed;            /* nothing more may go out: ap_pass_brigade
+                                 * failed, or the core ended the response */
+    int passing;                /* wasm_pass_output is passing a brigade */
+    int core_ended;             /* the core passed an error or EOS of its own
+                                 * while the guest ran */
 } wasm_io;
+
+/* The deadline of the request body being read on a connection, for
+ * wasm_deadline_in_filter; 0: none. */
+typedef struct {
+    apr_time_t deadline;
+} wasm_conn_deadline;
+
+static ap_filter_rec_t *wasm_guard_filter_handle;
+static ap_filter_rec_t *wasm_deadline_filter_handle;
+
+/* Sits above the protocol filters while a guest's request runs. HTTP_IN
+ * answers a malformed or oversized chunked body on its own, passing an
+ * error bucket and EOS down the output filters while the guest reads: this
+ * notes it, so that nothing of the guest's goes out after that end, and,
+ * once part of the guest's response was sent, turns the error into the 502
+ * that makes the chunk filter leave out the last chunk (a 413 there would
+ * end the response as if it were complete). */
+static apr_status_t wasm_guard_filter(ap_filter_t *f, apr_bucket_brigade *bb)
+{
+    wasm_io *io = f->ctx;
+    apr_bucket *e;
+
+    if (!io->passing) {
+        for (e = APR_BRIGADE_FIRST(bb); e != APR_BRIGADE_SENTINEL(bb);
+             e = APR_BUCKET_NEXT(e)) {
+            if (AP_BUCKET_IS_ERROR(e)) {
+                io->core_ended = 1;
+                if (io->head_sent) {
+                    ((ap_bucket_error *)e->data)->status = HTTP_BAD_GATEWAY;
+                }
+            }
+            else if (APR_BUCKET_IS_EOS(e)) {
+                io->core_ended = 1;
+            }
+        }
+    }
+    return ap_pass_brigade(f->next, bb);
+}
+
+/* Waits until the socket has data or `deadline` passes. */
+static apr_status_t wasm_wait_readable(apr_socket_t *sock, apr_time_t deadline)
+{
+    apr_interval_time_t saved, left = deadline - apr_time_now();
+    apr_status_t rv;
+
+    if (left <= 0) {
+        return APR_TIMEUP;
+    }
+    apr_socket_timeout_get(sock, &saved);
+    apr_socket_timeout_set(sock, saved >= 0 && saved < left ? saved : left);
+    rv = apr_wait_for_io_or_timeout(NULL, sock, 1);
+    apr_socket_timeout_set(sock, saved);
+    return rv;
+}
+
+/* Just above the socket: while a guest reads the request body, the reads
+ * of the connection end at the request's WasmTimeout, however many of them
+ * one chunk of the body takes, as mod_reqtimeout bounds reads. Apache's
+ * Timeout applies to each socket read, and the core reads a line (a chunk
+ * size) with as many of them as it takes: a client trickling a chunk-size
+ * line one byte at a time kept a guest 36 s past a 5 s WasmTimeout. So
+ * reads are made without blocking, and the waiting is done here. */
+static apr_status_t wasm_deadline_in_filter(ap_filter_t *f,
+                                            apr_bucket_brigade *bb,
+                                            ap_input_mode_t mode,
+                                            apr_read_type_e block,
+                                            apr_off_t readbytes)
+{
+    wasm_conn_deadline *d = f->ctx;
+    apr_bucket_brigade *line;
+    apr_socket_t *sock;
+    apr_status_t rv;
+
+    if (!d->deadline || block != APR_BLOCK_READ
+        || !(sock = ap_get_conn_socket(f->c))) {
+        return ap_get_brigade(f->next, bb, mode, block, readbytes);
+    }
+    if (mode != AP_MODE_GETLINE) {
+        for (;;) {
+            rv = ap_get_brigade(f->next, bb, mode, APR_NONBLOCK_READ,
+                                readbytes);
+            if (!APR_STATUS_IS_EAGAIN(rv)
+                && !(rv == APR_SUCCESS && APR_BRIGADE_EMPTY(bb))) {
+                return rv;
+            }
+            rv = wasm_wait_readable(sock, d->deadline);
+            if (rv != APR_SUCCESS) {
+                return rv;
+            }
+        }
+    }
+    /* A line: gather what comes until its LF. */
+    line = apr_brigade_create(f->c->pool, f->c->bucket_alloc);
+    for (;;) {
+        rv = ap_get_brigade(f->next, bb, AP_MODE_GETLINE, APR_NONBLOCK_READ,
+                            readbytes);
+        if (rv != APR_SUCCESS && !APR_STATUS_IS_EAGAIN(rv)) {
+            break;
+        }
+        if (!APR_BRIGADE_EMPTY(bb)) {
+            apr_bucket *e = APR_BRIGADE_LAST(bb);
+            const char *data;
+            apr_size_t len = 0;
+            apr_off_t got = 0;
+
+            if (!APR_BUCKET_IS_METADATA(e)
+                && apr_bucket_read(e, &data, &len, APR_BLOCK_READ)
+                       == APR_SUCCESS
+                && len && data[len - 1] == APR_ASCII_LF) {
+                break;
+            }
+            apr_brigade_length(bb, 1, &got);
+            APR_BRIGADE_CONCAT(line, bb);
+            if (APR_BUCKET_IS_METADATA(e) || (readbytes -= got) <= 0) {
+                break;
+            }
+        }
+        rv = wasm_wait_readable(sock, d->deadline);
+        if (rv != APR_SUCCESS) {
+            break;
+        }
+    }
+    APR_BRIGADE_PREPEND(bb, line);
+    apr_brigade_destroy(line);
+    return rv;
+}
 
 /* Bounds a blocking read or write of the connection by what is left of the
  * request's WasmTimeout (`timeout_us`), when that is shorter than Apache's
@@ -912,13 +1044,31 @@ static int64_t wasm_read_body_cb(void *data, unsigned char *buf, size_t len,
     }
     while (got == 0 && !io->seen_eos) {
         if (APR_BRIGADE_EMPTY(io->in)) {
-            apr_interval_time_t saved;
-            apr_socket_t *sock = wasm_deadline_set(r, timeout_us, &saved);
-            apr_status_t rv = ap_get_brigade(r->input_filters, io->in,
-                                             AP_MODE_READBYTES, APR_BLOCK_READ,
-                                             len);
+            wasm_conn_deadline *d = ap_get_module_config(
+                r->connection->conn_config, &wasm_module);
+            apr_status_t rv;
 
-            wasm_deadline_restore(sock, saved);
+            if (d) {
+                /* WasmTimeout is far below a year; the clamp keeps the sum
+                 * from overflowing whatever the runtime passes. */
+                uint64_t year = (uint64_t)365 * 24 * 3600 * APR_USEC_PER_SEC;
+                d->deadline = apr_time_now() + (apr_interval_time_t)
+                    (timeout_us < year ? timeout_us : year);
+            }
+            rv = ap_get_brigade(r->input_filters, io->in, AP_MODE_READBYTES,
+                                APR_BLOCK_READ, len);
+            if (d) {
+                d->deadline = 0;
+            }
+            if (io->core_ended || r->eos_sent) {
+                /* HTTP_IN answered the body's fault itself (see
+                 * wasm_guard_filter): the response is over. */
+                apr_brigade_cleanup(io->in);
+                io->refused = AP_FILTER_ERROR;
+                io->send_failed = 1;
+                r->connection->keepalive = AP_CONN_CLOSE;
+                return -1;
+            }
             if (rv != APR_SUCCESS) {
                 apr_brigade_cleanup(io->in);
                 io->refused = ap_map_http_request_error(rv, HTTP_BAD_REQUEST);
@@ -1029,6 +1179,9 @@ static int wasm_pass_output(wasm_io *io, const wasm_rt_chunk *chunks,
     size_t i;
     int ret;
 
+    if (io->send_failed) {
+        return AP_FILTER_ERROR;
+    }
     for (i = 0; i < n; i++) {
         /* The last chunks need no copy: a pool bucket points at them, and
          * only a filter that keeps them past the request copies them out.
@@ -1058,7 +1211,9 @@ static int wasm_pass_output(wasm_io *io, const wasm_rt_chunk *chunks,
                                      : apr_bucket_flush_create(c->bucket_alloc));
     io->head_sent = 1;
     sock = wasm_deadline_set(r, timeout_us, &saved);
+    io->passing = 1;
     rv = ap_pass_brigade(r->output_filters, bb);
+    io->passing = 0;
     wasm_deadline_restore(sock, saved);
     apr_brigade_cleanup(bb);
     if (rv != APR_SUCCESS) {
@@ -1098,7 +1253,9 @@ static int wasm_abort_response(wasm_io *io, const wasm_rt_response *resp)
                                          HTTP_BAD_GATEWAY, NULL, r->pool,
                                          c->bucket_alloc));
     APR_BRIGADE_INSERT_TAIL(io->out, apr_bucket_eos_create(c->bucket_alloc));
+    io->passing = 1;
     ap_pass_brigade(r->output_filters, io->out);
+    io->passing = 0;
     apr_brigade_cleanup(io->out);
     return OK;
 }
@@ -1170,8 +1327,12 @@ static int wasm_finish_response(wasm_io *io, const wasm_rt_response *resp)
     if (io->redirect) {
         /* The redirect is a GET whatever the original method was. The
          * guest may have left part of the body unread: discard it, so the
-         * redirected request does not read it as its own. */
-        ap_discard_request_body(r);
+         * redirected request does not read it as its own; a body that
+         * cannot be read to its end was answered by the core. */
+        status = ap_discard_request_body(r);
+        if (status != OK || r->eos_sent) {
+            return status != OK ? status : AP_FILTER_ERROR;
+        }
         r->method = "GET";
         r->method_number = M_GET;
         apr_table_unset(r->headers_in, "Content-Length");
@@ -1220,7 +1381,7 @@ static int wasm_handler(request_rec *r)
     const char *module_path;
     wasm_rt_request req;
     wasm_rt_response *resp = NULL;
-    wasm_io io;
+    wasm_io *io;
     int32_t reads_env = 1;
     struct timespec started, ended;
     int status;
@@ -1276,12 +1437,16 @@ static int wasm_handler(request_rec *r)
     req.max_output = conf->max_output;
     req.max_open_files = conf->max_open_files;
 
-    memset(&io, 0, sizeof(io));
-    io.r = r;
-    io.module_path = module_path;
-    io.in = apr_brigade_create(r->pool, r->connection->bucket_alloc);
-    io.out = apr_brigade_create(r->pool, r->connection->bucket_alloc);
-    req.io.ctx = &io;
+    /* From the request pool: the guard filter may still be called, after
+     * the handler returned, by the core's end of the request. */
+    io = apr_pcalloc(r->pool, sizeof(*io));
+    io->r = r;
+    io->module_path = module_path;
+    io->in = apr_brigade_create(r->pool, r->connection->bucket_alloc);
+    io->out = apr_brigade_create(r->pool, r->connection->bucket_alloc);
+    ap_add_output_filter_handle(wasm_guard_filter_handle, io, r,
+                                r->connection);
+    req.io.ctx = io;
     req.io.read_body = wasm_read_body_cb;
     req.io.send_output = wasm_send_output_cb;
 
@@ -1300,7 +1465,7 @@ static int wasm_handler(request_rec *r)
     apr_pool_cleanup_register(r->pool, resp, wasm_response_cleanup,
                               apr_pool_cleanup_null);
     wasm_log_stderr(r, resp, module_path);
-    return wasm_finish_response(&io, resp);
+    return wasm_finish_response(io, resp);
 }
 
 /* SetHandler wasm-status: this child's slots, requests and heap, as
@@ -1348,6 +1513,22 @@ static int wasm_status_handler(request_rec *r)
     return OK;
 }
 
+/* Every connection of a server with modules gets the deadline filter (one
+ * call per read of the socket, idle unless a guest is reading the body).
+ * HTTP/2 streams have no socket of their own: h2's timeouts apply there. */
+static int wasm_pre_connection(conn_rec *c, void *csd)
+{
+    wasm_conn_deadline *d;
+
+    if (c->master || !wasm_modules || !wasm_modules->nelts) {
+        return OK;
+    }
+    d = apr_pcalloc(c->pool, sizeof(*d));
+    ap_set_module_config(c->conn_config, &wasm_module, d);
+    ap_add_input_filter_handle(wasm_deadline_filter_handle, d, NULL, c);
+    return OK;
+}
+
 static void wasm_register_hooks(apr_pool_t *p)
 {
     ap_hook_pre_config(wasm_pre_config, NULL, NULL, APR_HOOK_MIDDLE);
@@ -1356,6 +1537,14 @@ static void wasm_register_hooks(apr_pool_t *p)
     ap_hook_child_init(wasm_child_init, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(wasm_handler, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(wasm_status_handler, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_pre_connection(wasm_pre_connection, NULL, NULL, APR_HOOK_MIDDLE);
+    wasm_guard_filter_handle = ap_register_output_filter(
+        "WASM_GUARD", wasm_guard_filter, NULL, AP_FTYPE_PROTOCOL - 1);
+    /* Below mod_ssl (CONNECTION + 5) and mod_reqtimeout (+ 8): each read
+     * of the socket itself. */
+    wasm_deadline_filter_handle = ap_register_input_filter(
+        "WASM_DEADLINE", wasm_deadline_in_filter, NULL,
+        AP_FTYPE_CONNECTION + 9);
 }
 
 AP_DECLARE_MODULE(wasm) = {

@@ -101,13 +101,36 @@ pub struct wasm_rt_io {
 /// SAFETY of `Send`: the WASI stream that holds it lives in the request's
 /// store, which is dropped before `wasm_rt_run` returns, and the guest only
 /// runs on the calling thread (inside `block_on`), so the callbacks are
-/// only ever called on that thread, while `ctx` is valid.
+/// called while `ctx` is valid. Should WASI ever poll a stream from another
+/// thread (a Tokio task), the call is refused rather than made there: the
+/// C side is Apache's filter chain, which belongs to the request's thread.
 struct Callbacks<F> {
     ctx: *mut c_void,
     f: F,
+    thread: std::thread::ThreadId,
 }
 
 unsafe impl<F: Send> Send for Callbacks<F> {}
+
+impl<F> Callbacks<F> {
+    fn new(ctx: *mut c_void, f: F) -> Self {
+        Callbacks {
+            ctx,
+            f,
+            thread: std::thread::current().id(),
+        }
+    }
+
+    fn on_own_thread(&self) -> std::io::Result<()> {
+        if std::thread::current().id() == self.thread {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(
+                "the request's streams were used from another thread",
+            ))
+        }
+    }
+}
 
 /// Microseconds for a C callback.
 fn micros(d: Duration) -> u64 {
@@ -116,6 +139,7 @@ fn micros(d: Duration) -> u64 {
 
 impl BodyReader for Callbacks<wasm_rt_read_body> {
     fn read(&mut self, buf: &mut [u8], timeout: Duration) -> std::io::Result<usize> {
+        self.on_own_thread()?;
         // SAFETY: see the type; `buf` is valid for `buf.len()` bytes.
         let n = unsafe { (self.f)(self.ctx, buf.as_mut_ptr(), buf.len(), micros(timeout)) };
         usize::try_from(n)
@@ -127,6 +151,7 @@ impl BodyReader for Callbacks<wasm_rt_read_body> {
 
 impl OutputSink for Callbacks<wasm_rt_send_output> {
     fn send(&mut self, chunks: &[Bytes], timeout: Duration) -> std::io::Result<()> {
+        self.on_own_thread()?;
         let c: Vec<wasm_rt_chunk> = chunks
             .iter()
             .map(|b| wasm_rt_chunk {
@@ -495,11 +520,11 @@ unsafe fn request_from_c<'a>(req: &'a wasm_rt_request) -> Result<Request<'a>> {
     let io = req.io;
     let body = match io.read_body {
         None => Body::default(),
-        Some(f) => Body::Reader(Box::new(Callbacks { ctx: io.ctx, f })),
+        Some(f) => Body::Reader(Box::new(Callbacks::new(io.ctx, f))),
     };
     let output = io
         .send_output
-        .map(|f| Box::new(Callbacks { ctx: io.ctx, f }) as Box<dyn OutputSink>);
+        .map(|f| Box::new(Callbacks::new(io.ctx, f)) as Box<dyn OutputSink>);
     let args = unsafe { c_array(req.argv, req.argc, "argv") }?
         .iter()
         .map(|&a| unsafe { c_text(a, "argument") })

@@ -1,5 +1,7 @@
 //! What a guest may import: WASI preview 1, nothing else.
 
+use std::time::Instant;
+
 use wasmtime::{Engine, Linker, Module, Store, StoreLimits};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::WasiCtxBuilder;
@@ -16,6 +18,8 @@ pub struct Host {
     pub environ: Environ,
     /// Memory and instance limits of this request.
     pub limits: StoreLimits,
+    /// When `WasmTimeout` ends this request.
+    pub deadline: Instant,
 }
 
 /// A linker that provides WASI preview 1 to guests (async bindings: a
@@ -40,6 +44,7 @@ fn missing_imports(engine: &Engine, linker: &Linker<Host>, module: &Module) -> V
             wasi: WasiCtxBuilder::new().build_p1(),
             environ: Environ::default(),
             limits: StoreLimits::default(),
+            deadline: Instant::now(),
         },
     );
     module

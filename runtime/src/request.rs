@@ -33,9 +33,9 @@ pub const DEFAULT_MAX_OUTPUT: usize = 64 << 20;
 pub const DEFAULT_MAX_OPEN_FILES: u32 = 128;
 /// Most stderr kept per request; the rest is dropped (and said so in the log).
 pub const MAX_STDERR: usize = 64 << 10;
-/// Handles WASI holds besides the guest's own files: stdin, stdout, stderr,
-/// and short-lived ones such as the pollables of one `poll_oneoff`.
-const WASI_HANDLES: usize = 3 + 8;
+/// Handles WASI holds before the guest opens anything, besides one per
+/// preopened directory: stdin, stdout and stderr.
+const WASI_HANDLES: usize = 3;
 
 /// A host directory the guest may see.
 #[derive(Debug, Clone)]
@@ -57,8 +57,9 @@ pub struct Limits {
     pub max_memory: usize,
     /// Most stdout the guest may write, bytes.
     pub max_output: usize,
-    /// Most files and directories the guest may have open at once,
-    /// preopened directories not counted.
+    /// Most handles the guest may hold at once: the files and directories
+    /// it opened and the subscriptions of a `poll_oneoff` in progress (its
+    /// preopened directories and stdio not counted).
     pub max_open_files: u32,
 }
 
@@ -224,6 +225,7 @@ impl Runtime {
                     Environ::default()
                 },
                 limits,
+                deadline,
             },
         );
         store.limiter(|h| &mut h.limits);
@@ -281,15 +283,17 @@ impl Runtime {
         let mut result = result;
         // The trap comes from inside a WASI call, so it surfaces as a plain
         // error; whatever the guest did after, its response is cut.
-        let timed_out = matches!(&result, Err(e) if e.code == Code::Timeout);
+        let was_timeout = matches!(&result, Err(e) if e.code == Code::Timeout);
         if let Some(e) = stdout.send_error() {
-            if !timed_out {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                result = Err(timed_out(&module.name, timeout));
+            } else if !was_timeout {
                 result = Err(Error::new(
                     Code::Aborted,
                     format!("{}: the response could not be sent: {e}", module.name),
                 ));
             }
-        } else if stdout_over && !timed_out {
+        } else if stdout_over && !was_timeout {
             result = Err(Error::new(
                 Code::OutputLimit,
                 format!(
@@ -401,8 +405,8 @@ fn classify(name: &str, e: wasmtime::Error, limits: &Limits) -> (Result<()>, i32
             Err(Error::new(
                 Code::FileLimit,
                 format!(
-                    "{name}: the guest opened more than {} files at once (WasmMaxOpenFiles) \
-                     and was stopped",
+                    "{name}: the guest held more than {} files, directories and poll \
+                     handles open at once (WasmMaxOpenFiles) and was stopped",
                     limits.max_open_files
                 ),
             )),

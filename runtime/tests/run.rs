@@ -315,6 +315,25 @@ fn sleeper(ns: u64) -> String {
 }
 
 #[test]
+fn poll_oneoff_handed_on_to_wasi_works_as_the_first_call() {
+    // Two clock subscriptions (WASI's own path), before any other WASI
+    // call: WASI's bindings give each call its copy allowance first.
+    let rt = runtime_of(
+        "poll2",
+        r#"(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store8 (i32.const 56) (i32.const 0))
+    (if (i32.ne (call $poll (i32.const 0) (i32.const 128) (i32.const 2) (i32.const 256)) (i32.const 0))
+      (then unreachable))))"#,
+        2,
+    );
+    rt.run(0, request()).result.unwrap();
+}
+
+#[test]
 fn a_guest_sleeping_in_the_host_is_stopped_at_the_timeout() {
     let rt = runtime_of("sleep", &sleeper(u64::MAX), 2);
     let mut req = request();

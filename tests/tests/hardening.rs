@@ -73,7 +73,8 @@ fn proc_kib(pid: i32, field: &str) -> u64 {
 
 fn waits_are_bounded_by_the_timeout(mpm: Mpm) {
     let s = start(mpm, "  WasmTimeout 2\n");
-    for what in ["sleep", "poll"] {
+    // A relative clock (mod_wasm's own path), an absolute one (WASI's).
+    for what in ["sleep", "poll", "pollabs"] {
         let started = Instant::now();
         let r = get(s.port, &format!("/fault?{what}"));
         let took = started.elapsed();
@@ -86,8 +87,23 @@ fn waits_are_bounded_by_the_timeout(mpm: Mpm) {
         assert_eq!(status_value(s.port, "Busy"), "0", "{mpm:?} {what}");
     }
     assert!(s.error_log().contains("WasmTimeout"), "{}", s.error_log());
+    // Calls handed on to WASI work as WASI's own bindings do, every time.
+    assert_eq!(get(s.port, "/fault?poll2").text(), "polled\n", "{mpm:?}");
     assert_eq!(get(s.port, "/hello").status, 200);
     assert!(s.log_lines("exit signal").is_empty(), "{}", s.error_log());
+}
+
+#[test]
+fn a_short_sleep_is_as_short_as_asked() {
+    // 1,000 sleeps of 0 ns: Tokio's 1 ms timer would make that a second.
+    let s = start(Mpm::Event, "");
+    let started = Instant::now();
+    assert_eq!(get(s.port, "/fault?naps").text(), "napped\n");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(500),
+        "1,000 sleeps of 0 took {took:?}"
+    );
 }
 
 #[test]
@@ -138,11 +154,22 @@ fn descriptors_are_capped_and_closed(mpm: Mpm, extra: &str, cap: usize) {
     assert_eq!(r.status, 500, "{mpm:?}: {}", r.text());
     assert!(
         s.error_log().contains(&format!(
-            "opened more than {cap} files at once (WasmMaxOpenFiles)"
+            "held more than {cap} files, directories and poll handles"
         )),
         "{}",
         s.error_log()
     );
+    // The guest said on stderr how many it held: exactly the cap (at most
+    // 100 stderr lines are logged).
+    let held = s.log_lines("holding ");
+    if cap <= 100 {
+        assert_eq!(held.len(), cap, "{mpm:?}: {held:?}");
+        assert!(
+            held.last()
+                .is_some_and(|l| l.ends_with(&format!("holding {cap} files"))),
+            "{mpm:?}: {held:?}"
+        );
+    }
     // Everything the request opened is closed with it.
     let after = open_fds(child);
     assert!(
@@ -251,6 +278,109 @@ fn a_body_over_the_limit_is_refused_with_413() {
     let mut raw = String::new();
     c.read_to_string(&mut raw).unwrap();
     assert_eq!(raw.matches("Hello, World!").count(), 2, "{raw}");
+}
+
+/// Sends `head`, then `body` in slices of `step` bytes every `pause`
+/// (until the server stops taking them), and returns what came back and
+/// when its first byte came (the server may linger over the end of the
+/// connection while the client still sends).
+fn trickle(
+    port: u16,
+    head: &str,
+    body: &[u8],
+    step: usize,
+    pause: Duration,
+) -> (Vec<u8>, Duration) {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(head.as_bytes()).unwrap();
+    let mut w = c.try_clone().unwrap();
+    let body = body.to_vec();
+    let writer = std::thread::spawn(move || {
+        for piece in body.chunks(step) {
+            if w.write_all(piece).is_err() {
+                return;
+            }
+            std::thread::sleep(pause);
+        }
+    });
+    let started = Instant::now();
+    let mut first = None;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(n) = c.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        first.get_or_insert_with(|| started.elapsed());
+        raw.extend_from_slice(&buf[..n]);
+    }
+    drop(c);
+    writer.join().unwrap();
+    (raw, first.unwrap_or_else(|| started.elapsed()))
+}
+
+#[test]
+fn a_body_over_the_limit_after_the_response_started_cuts_it() {
+    // The guest writes 300 KiB (streamed out), then reads a chunked body
+    // that goes over LimitRequestBody: the response must end cut, and the
+    // guest's later output must not follow it.
+    let s = start(Mpm::Event, "  LimitRequestBody 1000\n");
+    let head = "POST /fault?writeread HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let mut body = b"800\r\n".to_vec();
+    body.extend(vec![b'z'; 0x800]);
+    body.extend_from_slice(b"\r\n0\r\n\r\n");
+    let (raw, _) = trickle(s.port, head, &body, body.len(), Duration::ZERO);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        &text[..text.len().min(300)]
+    );
+    assert!(raw.len() > 256 << 10, "{}", raw.len());
+    assert!(
+        !raw.ends_with(b"0\r\n\r\n"),
+        "the cut response was ended as complete"
+    );
+    assert!(
+        !text.contains("read "),
+        "the guest's output followed the end"
+    );
+    assert_eq!(get(s.port, "/hello").status, 200);
+}
+
+#[test]
+fn a_redirect_with_an_unreadable_body_is_not_followed() {
+    let s = start(Mpm::Event, "  LimitRequestBody 1000\n");
+    let r = Request::new("POST", "/fault?redirect")
+        .body(vec![b'x'; 5000])
+        .chunked(2500)
+        .send(s.port)
+        .unwrap();
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(!r.text().contains("Hello, World!"), "{}", r.text());
+    // With a body that fits, the redirect is followed.
+    let r = Request::new("POST", "/fault?redirect")
+        .body(vec![b'x'; 500])
+        .send(s.port)
+        .unwrap();
+    assert_eq!(r.text(), "Hello, World!");
+}
+
+#[test]
+fn a_client_trickling_its_body_is_stopped_at_the_timeout() {
+    // A chunk-size line sent one byte every 300 ms: each read of the
+    // socket gets what is left of WasmTimeout, not Apache's Timeout anew.
+    let s = start(Mpm::Event, "  WasmTimeout 2\n");
+    let head = "POST /fault?count HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;";
+    let (raw, took) = trickle(s.port, head, &[b'x'; 40], 1, Duration::from_millis(300));
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        took < Duration::from_secs(6),
+        "answered after {took:?}: {text}"
+    );
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert_eq!(get(s.port, "/hello").status, 200);
 }
 
 #[test]
