@@ -10,6 +10,7 @@
  */
 
 #include <time.h>
+#include <unistd.h>
 
 #include "apr_strings.h"
 #include "apr_buckets.h"
@@ -49,8 +50,11 @@ typedef struct {
     int rt_index;            /* its index in the child's runtime */
     const char *defined_at;  /* "file:line" of the first WasmModule naming it */
     const char *cwasm;       /* its cache entry, once check_config ran */
+    int fd;                  /* that entry, open and checked: what children
+                              * load (closed with pconf); -1 before */
     int cache_hit;
     apr_uint64_t millis;
+    const char *replaced;    /* why an existing entry was compiled again */
 } wasm_module_rec;
 
 /* Per-directory configuration. Unset fields inherit on merge. */
@@ -194,6 +198,7 @@ static int wasm_register_module(cmd_parms *cmd, const char *path,
     m->path = path;
     m->trap_unknown = trap_unknown;
     m->refs = 1;
+    m->fd = -1;
     m->defined_at = wasm_where(cmd);
     return wasm_modules->nelts - 1;
 }
@@ -531,6 +536,103 @@ static int wasm_pre_config(apr_pool_t *pconf, apr_pool_t *plog,
     return OK;
 }
 
+static apr_status_t wasm_close_fd(void *fd)
+{
+    close((int)(intptr_t)fd);
+    return APR_SUCCESS;
+}
+
+/* The instance slots of each child: WasmPoolSlots, or one per worker thread
+ * plus one spare (a slot is released when its request ends, so the pool
+ * cannot run dry unless WasmPoolSlots says fewer). */
+static int wasm_child_slots(void)
+{
+    int threads = 1;
+
+    if (wasm_pool_slots) {
+        return wasm_pool_slots;
+    }
+    if (ap_mpm_query(AP_MPMQ_MAX_THREADS, &threads) != APR_SUCCESS
+        || threads < 1) {
+        threads = 1;
+    }
+    return threads + 1;
+}
+
+/* The modules a child loads, as wasm_rt_runtime_new takes them; sets each
+ * record's rt_index. */
+typedef struct {
+    const char **paths;
+    int32_t *fds;
+    const char **names;
+    int32_t *traps;
+    int n;
+} wasm_load_list;
+
+static void wasm_load_list_make(apr_pool_t *p, wasm_load_list *l)
+{
+    int i, n = wasm_modules->nelts;
+
+    l->paths = apr_palloc(p, (n + 1) * sizeof(*l->paths));
+    l->fds = apr_palloc(p, (n + 1) * sizeof(*l->fds));
+    l->names = apr_palloc(p, (n + 1) * sizeof(*l->names));
+    l->traps = apr_palloc(p, (n + 1) * sizeof(*l->traps));
+    l->n = 0;
+    for (i = 0; i < n; i++) {
+        wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec);
+        m->rt_index = -1;
+        if (!m->cwasm) {
+            continue;   /* replaced by a record with other link options */
+        }
+        m->rt_index = l->n;
+        l->paths[l->n] = m->cwasm;
+        l->fds[l->n] = m->fd;
+        l->names[l->n] = m->path;
+        l->traps[l->n] = m->trap_unknown;
+        l->n++;
+    }
+}
+
+/* `startup`: before the error log is open (APLOG_STARTUP, to stderr). */
+static void wasm_log_replaced(server_rec *s, const wasm_module_rec *m,
+                              int startup)
+{
+    ap_log_error(APLOG_MARK, (startup ? APLOG_STARTUP : 0) | APLOG_WARNING,
+                 0, s, WASMLOGNO(00048) "%s: cache entry %s could not be "
+                 "used (%s); compiled it again", m->path, m->cwasm,
+                 m->replaced);
+}
+
+/* Compiles one module into the cache and keeps its entry open for the
+ * children of this generation (pconf lives as long as the generation). */
+static int wasm_precompile_module(apr_pool_t *pconf, server_rec *s,
+                                  wasm_module_rec *m)
+{
+    char *cwasm = NULL, *replaced = NULL, *error = NULL;
+    int32_t fd = -1, hit = 0;
+    uint64_t millis = 0;
+
+    if (wasm_rt_precompile(m->path, wasm_cache_dir, m->trap_unknown, &cwasm,
+                           &fd, &hit, &millis, &replaced, &error)
+            != WASM_RT_OK) {
+        ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
+                     WASMLOGNO(00001) "WasmModule %s (defined at %s): %s",
+                     m->path, m->defined_at, error ? error : "failed");
+        wasm_rt_string_free(error);
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    m->cwasm = apr_pstrdup(pconf, cwasm);
+    m->fd = fd;
+    apr_pool_cleanup_register(pconf, (void *)(intptr_t)fd, wasm_close_fd,
+                              apr_pool_cleanup_null);
+    m->cache_hit = hit;
+    m->millis = millis;
+    m->replaced = replaced ? apr_pstrdup(pconf, replaced) : NULL;
+    wasm_rt_string_free(cwasm);
+    wasm_rt_string_free(replaced);
+    return OK;
+}
+
 /* Compiles every module into the cache. Runs in each configuration pass,
  * including `apachectl configtest`, so a module that cannot run stops the
  * server before it starts. The runtime compiles in a forked process:
@@ -545,27 +647,18 @@ static int wasm_check_config(apr_pool_t *pconf, apr_pool_t *plog,
     }
     for (i = 0; i < wasm_modules->nelts; i++) {
         wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec);
-        char *cwasm = NULL, *error = NULL;
-        int32_t hit = 0;
-        uint64_t millis = 0;
-        int32_t rc;
 
         if (m->refs == 0) {
             continue;
         }
-        rc = wasm_rt_precompile(m->path, wasm_cache_dir, m->trap_unknown,
-                                &cwasm, &hit, &millis, &error);
-        if (rc != WASM_RT_OK) {
-            ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
-                         WASMLOGNO(00001) "WasmModule %s (defined at %s): %s",
-                         m->path, m->defined_at, error ? error : "failed");
-            wasm_rt_string_free(error);
+        if (wasm_precompile_module(pconf, s, m) != OK) {
             return HTTP_INTERNAL_SERVER_ERROR;
         }
-        m->cwasm = apr_pstrdup(pconf, cwasm);
-        m->cache_hit = hit;
-        m->millis = millis;
-        wasm_rt_string_free(cwasm);
+        /* The error log opens later, and configtest never opens it. */
+        if (m->replaced
+            && ap_state_query(AP_SQ_RUN_MODE) == AP_SQ_RM_CONFIG_TEST) {
+            wasm_log_replaced(s, m, 1);
+        }
     }
     return OK;
 }
@@ -614,6 +707,9 @@ static int wasm_post_config(apr_pool_t *pconf, apr_pool_t *plog,
         if (!m->cwasm) {
             continue;
         }
+        if (m->replaced) {
+            wasm_log_replaced(s, m, 0);
+        }
         if (m->cache_hit) {
             ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, s, WASMLOGNO(00002)
                          "%s: cache hit, %s", m->path, m->cwasm);
@@ -631,42 +727,22 @@ static int wasm_post_config(apr_pool_t *pconf, apr_pool_t *plog,
 
 static void wasm_child_init(apr_pool_t *pchild, server_rec *s)
 {
-    const char **paths, **names;
-    int32_t *traps;
-    int threads = 1, slots, i, loaded, n = wasm_modules ? wasm_modules->nelts : 0;
+    wasm_load_list l;
     char *error = NULL;
 
     wasm_runtime = NULL;
-    if (n == 0) {
+    if (!wasm_modules || wasm_modules->nelts == 0) {
         return;
     }
-    /* One request per worker thread at a time, plus one spare: a slot is
-     * released when its request ends, so the pool cannot run dry unless
-     * WasmPoolSlots says fewer. */
-    if (ap_mpm_query(AP_MPMQ_MAX_THREADS, &threads) != APR_SUCCESS
-        || threads < 1) {
-        threads = 1;
-    }
-    slots = wasm_pool_slots ? wasm_pool_slots : threads + 1;
-    paths = apr_palloc(pchild, n * sizeof(*paths));
-    names = apr_palloc(pchild, n * sizeof(*names));
-    traps = apr_palloc(pchild, n * sizeof(*traps));
-    for (i = 0, loaded = 0; i < n; i++) {
-        wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec);
-        m->rt_index = -1;
-        if (!m->cwasm) {
-            continue;   /* replaced by a record with other link options */
-        }
-        m->rt_index = loaded;
-        paths[loaded] = m->cwasm;
-        names[loaded] = m->path;
-        traps[loaded] = m->trap_unknown;
-        loaded++;
-    }
+    wasm_load_list_make(pchild, &l);
     /* The engine is created here, after Apache set up its signal handlers,
      * so that Wasmtime's trap handlers run first (and chain to Apache's for
-     * faults that are not guest traps). */
-    if (wasm_rt_runtime_new(paths, names, traps, loaded, (uint32_t)slots,
+     * faults that are not guest traps). The entries come from descriptors
+     * this process inherited from the parent, not from the cache directory,
+     * which this child's user may not be able to read and which another
+     * server may have cleaned since. */
+    if (wasm_rt_runtime_new(l.paths, l.fds, l.names, l.traps, l.n,
+                            (uint32_t)wasm_child_slots(),
                             (uint32_t)wasm_pool_shards, &wasm_runtime,
                             &error) != WASM_RT_OK) {
         ap_log_error(APLOG_MARK, APLOG_CRIT, 0, s, WASMLOGNO(00004)

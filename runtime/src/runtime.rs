@@ -2,11 +2,11 @@
 //! ticker, and one `InstancePre` per configured module in each, shared by
 //! every worker thread.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasmtime::{Engine, ExternType, InstancePre, Module, ModuleExport};
 
+use crate::cache::Entry;
 use crate::engine::{runtime_engine, Flavor, PoolSize, Ticker};
 use crate::environ;
 use crate::error::{chain, Code, Error, Result};
@@ -17,8 +17,9 @@ use crate::status::ShardStatus;
 /// A module to load into a child: its cache entry and a name for log lines.
 #[derive(Debug, Clone)]
 pub struct ModuleSpec {
-    /// The `.cwasm` produced by [`crate::cache::precompile`].
-    pub cwasm: PathBuf,
+    /// The `.cwasm` produced by [`crate::cache::precompile`]: loaded from
+    /// its open file when it has one, else by name.
+    pub cwasm: Entry,
     /// How logs refer to the module (normally the `.wasm` path).
     pub name: String,
     /// Link imports mod_wasm does not provide as trapping functions.
@@ -273,16 +274,30 @@ fn command_entry(module: &Module) -> Option<ModuleExport> {
 /// Size of a WebAssembly memory page.
 const WASM_PAGE: u64 = 64 << 10;
 
+/// Loads a cache entry: from the file the parent opened and checked when
+/// there is one (a duplicate of it: Wasmtime keeps the file it is given),
+/// else by name.
 fn load(engine: &Engine, spec: &ModuleSpec) -> Result<Module> {
-    // SAFETY: cache entries are written by `cache::precompile` into a
-    // directory only the server's parent writes, and are never rewritten in
-    // place; Wasmtime still checks the header against this engine.
-    unsafe { Module::deserialize_file(engine, &spec.cwasm) }.map_err(|e| {
+    let entry = &spec.cwasm;
+    let loaded = match &entry.file {
+        // SAFETY: the parent checked this file against the digest recorded
+        // when `cache::precompile` wrote it, and entries are never
+        // rewritten in place; Wasmtime still checks the header against
+        // this engine.
+        Some(file) => file
+            .try_clone()
+            .map_err(wasmtime::Error::from)
+            .and_then(|f| unsafe { Module::deserialize_open_file(engine, f) }),
+        // SAFETY: as above, less the check: callers without an open file
+        // (tests, benchmarks) trust the directory.
+        None => unsafe { Module::deserialize_file(engine, &entry.path) },
+    };
+    loaded.map_err(|e| {
         Error::new(
             Code::Compile,
             format!(
                 "cannot load {} ({}): {}",
-                spec.cwasm.display(),
+                entry.path.display(),
                 spec.name,
                 chain(&e)
             ),
