@@ -544,7 +544,8 @@ static apr_status_t wasm_close_fd(void *fd)
 
 /* The instance slots of each child: WasmPoolSlots, or one per worker thread
  * plus one spare (a slot is released when its request ends, so the pool
- * cannot run dry unless WasmPoolSlots says fewer). */
+ * cannot run dry unless WasmPoolSlots says fewer). child_init sizes the
+ * pool with it and check_config checks that pool: keep them one. */
 static int wasm_child_slots(void)
 {
     int threads = 1;
@@ -559,8 +560,8 @@ static int wasm_child_slots(void)
     return threads + 1;
 }
 
-/* The modules a child loads, as wasm_rt_runtime_new takes them; sets each
- * record's rt_index. */
+/* The modules a child loads, as the runtime takes them (wasm_rt_runtime_new
+ * and wasm_rt_runtime_check); sets each record's rt_index. */
 typedef struct {
     const char **paths;
     int32_t *fds;
@@ -591,6 +592,20 @@ static void wasm_load_list_make(apr_pool_t *p, wasm_load_list *l)
         l->traps[l->n] = m->trap_unknown;
         l->n++;
     }
+}
+
+/* The record loaded as runtime module `index`. */
+static wasm_module_rec *wasm_module_at(int index)
+{
+    int i;
+
+    for (i = 0; i < wasm_modules->nelts; i++) {
+        wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec);
+        if (m->cwasm && m->rt_index == index) {
+            return m;
+        }
+    }
+    return NULL;
 }
 
 /* `startup`: before the error log is open (APLOG_STARTUP, to stderr). */
@@ -633,14 +648,58 @@ static int wasm_precompile_module(apr_pool_t *pconf, server_rec *s,
     return OK;
 }
 
-/* Compiles every module into the cache. Runs in each configuration pass,
- * including `apachectl configtest`, so a module that cannot run stops the
- * server before it starts. The runtime compiles in a forked process:
- * the parent keeps no Wasmtime threads or signal handlers to fork. */
+/* Builds, in a throw-away process, the runtime every child will build, so
+ * that what would fail in each child (a pool the address space cannot hold,
+ * a module that does not fit it) fails the configuration instead. */
+static int wasm_check_runtime(apr_pool_t *ptemp, server_rec *s)
+{
+    wasm_load_list l;
+    wasm_module_rec *m;
+    char *error = NULL;
+    int32_t module = -1;
+    int slots = wasm_child_slots();
+
+    wasm_load_list_make(ptemp, &l);
+    if (l.n == 0) {
+        return OK;
+    }
+    if (wasm_rt_runtime_check(l.paths, l.fds, l.names, l.traps, l.n,
+                              (uint32_t)slots, (uint32_t)wasm_pool_shards,
+                              &module, &error) == WASM_RT_OK) {
+        return OK;
+    }
+    m = module >= 0 ? wasm_module_at(module) : NULL;
+    if (m) {
+        ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
+                     WASMLOGNO(00049) "WasmModule %s (defined at %s): %s",
+                     m->path, m->defined_at, error ? error : "failed");
+    }
+    else if (wasm_pool_slots) {
+        ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
+                     WASMLOGNO(00050) "the runtime of each child "
+                     "(WasmPoolSlots %d) cannot be built: %s", slots,
+                     error ? error : "failed");
+    }
+    else {
+        ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
+                     WASMLOGNO(00051) "the runtime of each child (%d slots: "
+                     "the MPM's threads per child + 1; WasmPoolSlots sets "
+                     "another number) cannot be built: %s", slots,
+                     error ? error : "failed");
+    }
+    wasm_rt_string_free(error);
+    return HTTP_INTERNAL_SERVER_ERROR;
+}
+
+/* Compiles every module into the cache and checks what a child will build
+ * from them. Runs in each configuration pass, including `apachectl
+ * configtest`, so a module that cannot run stops the server before it
+ * starts. The runtime compiles in a forked process: the parent keeps no
+ * Wasmtime threads or signal handlers to fork. */
 static int wasm_check_config(apr_pool_t *pconf, apr_pool_t *plog,
                              apr_pool_t *ptemp, server_rec *s)
 {
-    int i;
+    int i, rv;
 
     if (!wasm_cache_dir) {
         wasm_cache_dir = ap_runtime_dir_relative(pconf, "mod_wasm-cache");
@@ -651,8 +710,9 @@ static int wasm_check_config(apr_pool_t *pconf, apr_pool_t *plog,
         if (m->refs == 0) {
             continue;
         }
-        if (wasm_precompile_module(pconf, s, m) != OK) {
-            return HTTP_INTERNAL_SERVER_ERROR;
+        rv = wasm_precompile_module(pconf, s, m);
+        if (rv != OK) {
+            return rv;
         }
         /* The error log opens later, and configtest never opens it. */
         if (m->replaced
@@ -660,7 +720,7 @@ static int wasm_check_config(apr_pool_t *pconf, apr_pool_t *plog,
             wasm_log_replaced(s, m, 1);
         }
     }
-    return OK;
+    return wasm_check_runtime(ptemp, s);
 }
 
 /* Removes cache entries this configuration does not use (see
@@ -1213,7 +1273,9 @@ static int wasm_status_handler(request_rec *r)
 static void wasm_register_hooks(apr_pool_t *p)
 {
     ap_hook_pre_config(wasm_pre_config, NULL, NULL, APR_HOOK_MIDDLE);
-    ap_hook_check_config(wasm_check_config, NULL, NULL, APR_HOOK_MIDDLE);
+    /* Last: after the MPM's check_config has settled its threads per child,
+     * which size the pool wasm_check_runtime checks. */
+    ap_hook_check_config(wasm_check_config, NULL, NULL, APR_HOOK_LAST);
     ap_hook_post_config(wasm_post_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(wasm_child_init, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(wasm_handler, NULL, NULL, APR_HOOK_MIDDLE);

@@ -163,6 +163,21 @@ int32_t wasm_rt_runtime_new(const char *const *cwasm_paths,
                             wasm_rt_runtime **out, char **error);
 
 /*
+ * Builds, in a forked child process, the runtime wasm_rt_runtime_new would
+ * build with the same arguments, and throws it away: what would fail in
+ * every child fails here, at configuration time. On failure `*module` is
+ * the index of the module at fault, or -1 when the instance pool itself
+ * cannot be reserved (the message then says how much address space
+ * `slots` slots need and what `ulimit -v` allows).
+ */
+int32_t wasm_rt_runtime_check(const char *const *cwasm_paths,
+                              const int32_t *cwasm_fds,
+                              const char *const *names,
+                              const int32_t *trap_unknown_imports, size_t n,
+                              uint32_t slots, uint32_t shards,
+                              int32_t *module, char **error);
+
+/*
  * Stores in `*text` this child's status for `SetHandler wasm-status`:
  * `Key: value` lines (slots and requests per shard, requests turned away,
  * the C heap). Free it with wasm_rt_string_free.

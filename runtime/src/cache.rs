@@ -28,7 +28,6 @@ use crate::digest::{self, Damage, Record};
 use crate::engine::{compile_engine, Flavor};
 use crate::error::{chain, Code, Error, Result};
 use crate::host;
-use crate::runtime::{ModuleSpec, Runtime};
 
 /// Suffix of cache entries.
 pub const EXTENSION: &str = "cwasm";
@@ -115,7 +114,9 @@ fn entry_name(engine: &Engine, wasm_path: &Path, wasm: &[u8]) -> String {
 ///
 /// The module is validated and its imports are checked against what
 /// mod_wasm provides, so a module that could never run fails here, at
-/// configuration time.
+/// configuration time. (Whether it fits the instance pool of a child, and
+/// imports of the wrong type, are checked with the whole configuration by
+/// [`crate::runtime::Runtime::build`].)
 ///
 /// This creates a Wasmtime engine, which installs signal handlers and may
 /// start compilation threads: in Apache call it through
@@ -180,33 +181,11 @@ pub fn precompile_with(wasm_path: &Path, cache_dir: &Path, opts: &Options) -> Re
         // only the first.
         host::check_imports(&engine, &host::linker(&engine)?, &module)?;
     }
-    let cwasm = Entry {
-        path,
-        file: Some(Arc::new(file)),
-    };
-    // What a child will do with it, with one slot: imports of the wrong type
-    // and a module too big for the instance pool fail here, at configtest,
-    // rather than in every child.
-    let spec = ModuleSpec {
-        cwasm: cwasm.clone(),
-        name: wasm_path.display().to_string(),
-        trap_unknown_imports: opts.trap_unknown_imports,
-    };
-    // The entry loaded with the compile engine above, so a load error here
-    // is the pool's own validation of the module's needs.
-    Runtime::new_flavored(&[spec], 1, opts.flavor).map_err(|e| match e.code {
-        Code::Link => e,
-        _ => Error::new(
-            e.code,
-            format!(
-                "{} does not fit the instance pool: {}",
-                wasm_path.display(),
-                e.message
-            ),
-        ),
-    })?;
     Ok(Compiled {
-        cwasm,
+        cwasm: Entry {
+            path,
+            file: Some(Arc::new(file)),
+        },
         hit,
         millis: started.elapsed().as_millis() as u64,
         replaced,
@@ -424,6 +403,7 @@ pub fn prune(cache_dir: &Path, keep: &[PathBuf], max_age: Duration) -> Result<us
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::{ModuleSpec, Runtime};
 
     const HELLO: &str = r#"(module
         (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
@@ -454,15 +434,22 @@ mod tests {
     }
 
     /// Whether a child could build its runtime from `compiled`, with one slot.
-    fn child_of(compiled: &Compiled) -> std::result::Result<(), Error> {
+    fn child_of(compiled: &Compiled, trap: bool) -> std::result::Result<(), Error> {
         let spec = ModuleSpec {
             cwasm: compiled.cwasm.clone(),
             name: "m.wasm".into(),
-            trap_unknown_imports: false,
+            trap_unknown_imports: trap,
         };
-        let rt = Runtime::new(&[spec], 1)?;
-        assert_eq!(rt.module_count(), 1);
-        Ok(())
+        match Runtime::build(&[spec], 1, None, Flavor::default()) {
+            Ok(rt) => {
+                assert_eq!(rt.module_count(), 1);
+                Ok(())
+            }
+            Err(e) => {
+                assert_eq!(e.module, Some(0), "{}", e.error.message);
+                Err(e.error)
+            }
+        }
     }
 
     #[test]
@@ -569,13 +556,13 @@ mod tests {
         let compiled = precompile(&wat(&d, "a.wasm", HELLO), &d.join("cache")).unwrap();
         fs::remove_file(&compiled.cwasm.path).unwrap();
         fs::remove_file(digest::record_path(&compiled.cwasm.path)).unwrap();
-        child_of(&compiled).unwrap();
+        child_of(&compiled, false).unwrap();
         // Without the open file, the name is all there is.
         let by_name = Compiled {
             cwasm: Entry::from(compiled.cwasm.path.clone()),
             ..compiled
         };
-        let e = child_of(&by_name).unwrap_err();
+        let e = child_of(&by_name, false).unwrap_err();
         assert!(e.message.contains("cannot load"), "{}", e.message);
     }
 
@@ -692,7 +679,9 @@ mod tests {
                 trap_unknown_imports: trap,
                 ..Options::default()
             };
-            let e = precompile_with(&m, &d.join("cache"), &opts).unwrap_err();
+            // The name is provided, so the compile passes; linking fails.
+            let compiled = precompile_with(&m, &d.join("cache"), &opts).unwrap();
+            let e = child_of(&compiled, trap).unwrap_err();
             assert_eq!(e.code, Code::Link, "{}", e.message);
             assert!(e.message.contains("fd_write"), "{}", e.message);
             assert!(!e.message.contains("does not fit"), "{}", e.message);
@@ -711,10 +700,11 @@ mod tests {
             trap_unknown_imports: true,
             ..Options::default()
         };
-        let e = precompile_with(&m, &d.join("cache"), &opts).unwrap_err();
+        let compiled = precompile_with(&m, &d.join("cache"), &opts).unwrap();
+        let e = child_of(&compiled, true).unwrap_err();
         assert_eq!(e.code, Code::Link, "{}", e.message);
         assert!(
-            e.message.contains("glob.wasm") && e.message.contains("env"),
+            e.message.contains("m.wasm") && e.message.contains("env"),
             "{}",
             e.message
         );

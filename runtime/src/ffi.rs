@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use crate::cache::{Entry, Options};
 use crate::engine::Flavor;
 use crate::error::{Code, Error, Result};
-use crate::isolate::precompile_isolated;
+use crate::isolate::{check_isolated, precompile_isolated};
 use crate::pipe::Output;
 use crate::request::{Limits, Preopen, Request};
 use crate::runtime::{ModuleSpec, Runtime};
@@ -339,7 +339,7 @@ pub unsafe extern "C" fn wasm_rt_parse_size(
     unsafe { report(r, error) }
 }
 
-/// The modules of `wasm_rt_runtime_new`.
+/// The modules of `wasm_rt_runtime_new` and `wasm_rt_runtime_check`.
 ///
 /// # Safety
 /// The arrays are valid for `n` elements (`fds` may be NULL), their strings
@@ -410,6 +410,39 @@ pub unsafe extern "C" fn wasm_rt_runtime_new(
         let rt = Runtime::new_sharded(&specs, slots, shards, Flavor::default())?;
         unsafe { *out = Box::into_raw(Box::new(rt)) };
         Ok(())
+    });
+    unsafe { report(r, error) }
+}
+
+/// Builds, in a forked child process, the runtime `wasm_rt_runtime_new`
+/// would build, and throws it away.
+///
+/// # Safety
+/// Pointers are NULL or valid as the header describes.
+#[no_mangle]
+pub unsafe extern "C" fn wasm_rt_runtime_check(
+    cwasm_paths: *const *const c_char,
+    cwasm_fds: *const i32,
+    names: *const *const c_char,
+    trap_unknown_imports: *const i32,
+    n: usize,
+    slots: u32,
+    shards: u32,
+    module: *mut i32,
+    error: *mut *mut c_char,
+) -> i32 {
+    if !module.is_null() {
+        unsafe { *module = -1 };
+    }
+    let r = guard("wasm_rt_runtime_check", || {
+        let specs = unsafe { c_specs(cwasm_paths, cwasm_fds, names, trap_unknown_imports, n) }?;
+        let shards = (shards != 0).then_some(shards);
+        check_isolated(&specs, slots, shards, Flavor::default()).map_err(|e| {
+            if let (Some(i), false) = (e.module, module.is_null()) {
+                unsafe { *module = i32::try_from(i).unwrap_or(-1) };
+            }
+            e.error
+        })
     });
     unsafe { report(r, error) }
 }

@@ -1,4 +1,5 @@
-//! Compilation in throw-away child processes.
+//! Compilation, and the check of what children will build, in throw-away
+//! child processes.
 //!
 //! Apache's parent process must stay free of Wasmtime state: creating an
 //! engine installs signal handlers once per process (Apache then replaces
@@ -16,7 +17,9 @@ use std::sync::Arc;
 
 use crate::cache::{precompile_with, Compiled, Entry, Options};
 use crate::digest;
+use crate::engine::Flavor;
 use crate::error::{Code, Error, Result};
+use crate::runtime::{BuildError, ModuleSpec, Runtime};
 
 /// [`precompile_with`] run in a forked child process; then the entry is
 /// opened here and checked against its digest (hashing only, no Wasmtime
@@ -54,6 +57,36 @@ pub fn precompile_isolated(wasm_path: &Path, cache_dir: &Path, opts: &Options) -
             cache_dir.display()
         ),
     ))
+}
+
+/// [`Runtime::build`] run in a forked child process, the runtime then thrown
+/// away: what every child would fail to build fails here, once, at
+/// configuration time.
+///
+/// # Errors
+/// The [`BuildError`]; a child that cannot be started or dies without an
+/// answer is reported with no module at fault.
+pub fn check_isolated(
+    specs: &[ModuleSpec],
+    slots: u32,
+    shards: Option<u32>,
+    flavor: Flavor,
+) -> std::result::Result<(), BuildError> {
+    let outcome = in_child("the runtime check", || {
+        Ok(Checked(
+            Runtime::build(specs, slots, shards, flavor)
+                .map(drop)
+                .map_err(|e| (e.module, e.error)),
+        ))
+    });
+    match outcome {
+        Ok(Checked(Ok(()))) => Ok(()),
+        Ok(Checked(Err((module, error)))) => Err(BuildError { module, error }),
+        Err(error) => Err(BuildError {
+            module: None,
+            error,
+        }),
+    }
 }
 
 /// Compiles with a thread pool of our own: if the forking process had
@@ -201,6 +234,38 @@ impl Reply for Compiled {
     }
 }
 
+/// The outcome of the runtime check: a failure is an answer here, not an
+/// error of the child process, because it names the module at fault.
+struct Checked(std::result::Result<(), (Option<usize>, Error)>);
+
+/// `ok`, or the module index (`-` for none), the code and the message.
+impl Reply for Checked {
+    fn encode(&self) -> String {
+        match &self.0 {
+            Ok(()) => "ok".to_string(),
+            Err((module, e)) => format!(
+                "{}\n{}\n{}",
+                module.map_or("-".to_string(), |m| m.to_string()),
+                e.code as i32,
+                e.message
+            ),
+        }
+    }
+
+    fn decode(s: &str) -> Option<Checked> {
+        if s == "ok" {
+            return Some(Checked(Ok(())));
+        }
+        let mut parts = s.splitn(3, '\n');
+        let module = match parts.next()? {
+            "-" => None,
+            m => Some(m.parse().ok()?),
+        };
+        let code = decode_code(parts.next()?)?;
+        Some(Checked(Err((module, Error::new(code, parts.next()?)))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +293,23 @@ mod tests {
         assert_eq!(back.code, Code::Link);
         assert_eq!(back.message, "missing:\n env::a");
         assert!(decode::<Compiled>("").is_none());
+
+        for checked in [
+            Checked(Ok(())),
+            Checked(Err((Some(3), Error::new(Code::Link, "a\nb")))),
+            Checked(Err((None, Error::new(Code::Internal, "pool")))),
+        ] {
+            let back: Checked = decode(&encode(&Ok(Checked(checked.0.clone()))))
+                .unwrap()
+                .unwrap();
+            match (&checked.0, &back.0) {
+                (Ok(()), Ok(())) => {}
+                (Err((m, e)), Err((bm, be))) => {
+                    assert_eq!((m, e.code, &e.message), (bm, be.code, &be.message));
+                }
+                _ => panic!("{:?} became {:?}", checked.0, back.0),
+            }
+        }
     }
 
     fn scratch(name: &str) -> PathBuf {
@@ -256,5 +338,49 @@ mod tests {
         let e = precompile_isolated(&d.join("none.wasm"), &d.join("cache"), &Options::default())
             .unwrap_err();
         assert_eq!(e.code, Code::Io);
+    }
+
+    #[test]
+    fn the_check_in_a_child_process_names_the_module_or_the_pool() {
+        let d = scratch("check");
+        let ok = d.join("ok.wasm");
+        std::fs::write(
+            &ok,
+            wat::parse_str("(module (func (export \"_start\")))").unwrap(),
+        )
+        .unwrap();
+        let bad = d.join("bad.wasm");
+        std::fs::write(
+            &bad,
+            wat::parse_str(
+                r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32))))"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let spec = |wasm: &Path| ModuleSpec {
+            cwasm: precompile_isolated(wasm, &d.join("cache"), &Options::default())
+                .unwrap()
+                .cwasm,
+            name: wasm.display().to_string(),
+            trap_unknown_imports: false,
+        };
+        let specs = [spec(&ok), spec(&bad)];
+        assert!(check_isolated(&specs[..1], 4, None, Flavor::default()).is_ok());
+        let e = check_isolated(&specs, 4, None, Flavor::default()).unwrap_err();
+        assert_eq!(e.module, Some(1), "{}", e.error.message);
+        assert!(e.error.message.contains("bad.wasm"), "{}", e.error.message);
+        // Far more than any address space holds; measured in a process of
+        // its own, as the figure is the growth of the address space.
+        let e = check_isolated(&specs[..1], 100_000, Some(1), Flavor::default()).unwrap_err();
+        assert_eq!(e.module, None);
+        assert!(
+            e.error.message.contains("100000 slots needs about 39")
+                && e.error
+                    .message
+                    .contains("TiB of address space (4.0 GiB per slot)"),
+            "{}",
+            e.error.message
+        );
     }
 }

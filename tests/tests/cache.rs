@@ -1,5 +1,5 @@
-//! The compiled-module cache: damaged and mixed-up entries, and servers
-//! sharing a cache directory.
+//! The compiled-module cache: damaged and mixed-up entries, servers sharing
+//! a cache directory, and what `configtest` checks before children start.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use e2e::apache::{scratch_dir, Apache, Options};
+use e2e::apache::{configtest, configtest_with_address_space, scratch_dir, Apache, Options};
 use e2e::http::get;
 
 fn location(path: &str, guest: &str) -> String {
@@ -169,6 +169,31 @@ fn another_server_pruning_the_shared_cache_does_not_break_new_children() {
     assert!(a.log_lines("WASM00004").is_empty(), "{}", a.error_log());
     drop((a, b));
     let _ = fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_pool_no_child_could_reserve_fails_configtest_naming_wasm_pool_slots() {
+    let hello = location("/hello", "hello");
+    let (ok, out) = configtest(&Options::new(&format!("WasmPoolSlots 100000\n{hello}")));
+    assert!(!ok, "configtest passed: {out}");
+    assert!(
+        out.contains("(WasmPoolSlots 100000)") && out.contains("TiB of address space"),
+        "{out}"
+    );
+
+    // The same under `ulimit -v`, with the slots derived from the MPM (9 in
+    // the test configuration: about 36 GiB of reservations).
+    let limit = 16 << 30;
+    let (ok, out) = configtest_with_address_space(&Options::new(&hello), limit);
+    assert!(!ok, "configtest passed under ulimit -v: {out}");
+    assert!(
+        out.contains("WasmPoolSlots") && out.contains("ulimit -v"),
+        "{out}"
+    );
+    // What fits passes.
+    let fits = format!("WasmPoolSlots 2\nWasmPoolShards 1\n{hello}");
+    let (ok, out) = configtest_with_address_space(&Options::new(&fits), limit);
+    assert!(ok, "{out}");
 }
 
 #[test]
