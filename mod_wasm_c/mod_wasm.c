@@ -10,6 +10,7 @@
  */
 
 #include <time.h>
+#include <unistd.h>
 
 #include "apr_atomic.h"
 #include "apr_strings.h"
@@ -52,8 +53,11 @@ typedef struct {
     int rt_index;            /* its index in the child's runtime */
     const char *defined_at;  /* "file:line" of the first WasmModule naming it */
     const char *cwasm;       /* its cache entry, once check_config ran */
+    int fd;                  /* that entry, open and checked: what children
+                              * load (closed with pconf); -1 before */
     int cache_hit;
     apr_uint64_t millis;
+    const char *replaced;    /* why an existing entry was compiled again */
 } wasm_module_rec;
 
 /* Per-directory configuration. Unset fields inherit on merge. */
@@ -200,6 +204,7 @@ static int wasm_register_module(cmd_parms *cmd, const char *path,
     m->path = path;
     m->trap_unknown = trap_unknown;
     m->refs = 1;
+    m->fd = -1;
     m->defined_at = wasm_where(cmd);
     return wasm_modules->nelts - 1;
 }
@@ -560,43 +565,191 @@ static int wasm_pre_config(apr_pool_t *pconf, apr_pool_t *plog,
     return OK;
 }
 
-/* Compiles every module into the cache. Runs in each configuration pass,
- * including `apachectl configtest`, so a module that cannot run stops the
- * server before it starts. The runtime compiles in a forked process:
- * the parent keeps no Wasmtime threads or signal handlers to fork. */
+static apr_status_t wasm_close_fd(void *fd)
+{
+    close((int)(intptr_t)fd);
+    return APR_SUCCESS;
+}
+
+/* The instance slots of each child: WasmPoolSlots, or one per worker thread
+ * plus one spare (a slot is released when its request ends, so the pool
+ * cannot run dry unless WasmPoolSlots says fewer). child_init sizes the
+ * pool with it and check_config checks that pool: keep them one. */
+static int wasm_child_slots(void)
+{
+    int threads = 1;
+
+    if (wasm_pool_slots) {
+        return wasm_pool_slots;
+    }
+    if (ap_mpm_query(AP_MPMQ_MAX_THREADS, &threads) != APR_SUCCESS
+        || threads < 1) {
+        threads = 1;
+    }
+    return threads + 1;
+}
+
+/* The modules a child loads, as the runtime takes them (wasm_rt_runtime_new
+ * and wasm_rt_runtime_check); sets each record's rt_index. */
+typedef struct {
+    const char **paths;
+    int32_t *fds;
+    const char **names;
+    int32_t *traps;
+    int n;
+} wasm_load_list;
+
+static void wasm_load_list_make(apr_pool_t *p, wasm_load_list *l)
+{
+    int i, n = wasm_modules->nelts;
+
+    l->paths = apr_palloc(p, (n + 1) * sizeof(*l->paths));
+    l->fds = apr_palloc(p, (n + 1) * sizeof(*l->fds));
+    l->names = apr_palloc(p, (n + 1) * sizeof(*l->names));
+    l->traps = apr_palloc(p, (n + 1) * sizeof(*l->traps));
+    l->n = 0;
+    for (i = 0; i < n; i++) {
+        wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec);
+        m->rt_index = -1;
+        if (!m->cwasm) {
+            continue;   /* replaced by a record with other link options */
+        }
+        m->rt_index = l->n;
+        l->paths[l->n] = m->cwasm;
+        l->fds[l->n] = m->fd;
+        l->names[l->n] = m->path;
+        l->traps[l->n] = m->trap_unknown;
+        l->n++;
+    }
+}
+
+/* The record loaded as runtime module `index`. */
+static wasm_module_rec *wasm_module_at(int index)
+{
+    int i;
+
+    for (i = 0; i < wasm_modules->nelts; i++) {
+        wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec);
+        if (m->cwasm && m->rt_index == index) {
+            return m;
+        }
+    }
+    return NULL;
+}
+
+/* `startup`: before the error log is open (APLOG_STARTUP, to stderr). */
+static void wasm_log_replaced(server_rec *s, const wasm_module_rec *m,
+                              int startup)
+{
+    ap_log_error(APLOG_MARK, (startup ? APLOG_STARTUP : 0) | APLOG_WARNING,
+                 0, s, WASMLOGNO(00048) "%s: cache entry %s could not be "
+                 "used (%s); compiled it again", m->path, m->cwasm,
+                 m->replaced);
+}
+
+/* Compiles one module into the cache and keeps its entry open for the
+ * children of this generation (pconf lives as long as the generation). */
+static int wasm_precompile_module(apr_pool_t *pconf, server_rec *s,
+                                  wasm_module_rec *m)
+{
+    char *cwasm = NULL, *replaced = NULL, *error = NULL;
+    int32_t fd = -1, hit = 0;
+    uint64_t millis = 0;
+
+    if (wasm_rt_precompile(m->path, wasm_cache_dir, m->trap_unknown, &cwasm,
+                           &fd, &hit, &millis, &replaced, &error)
+            != WASM_RT_OK) {
+        ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
+                     WASMLOGNO(00001) "WasmModule %s (defined at %s): %s",
+                     m->path, m->defined_at, error ? error : "failed");
+        wasm_rt_string_free(error);
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    m->cwasm = apr_pstrdup(pconf, cwasm);
+    m->fd = fd;
+    apr_pool_cleanup_register(pconf, (void *)(intptr_t)fd, wasm_close_fd,
+                              apr_pool_cleanup_null);
+    m->cache_hit = hit;
+    m->millis = millis;
+    m->replaced = replaced ? apr_pstrdup(pconf, replaced) : NULL;
+    wasm_rt_string_free(cwasm);
+    wasm_rt_string_free(replaced);
+    return OK;
+}
+
+/* Builds, in a throw-away process, the runtime every child will build, so
+ * that what would fail in each child (a pool the address space cannot hold,
+ * a module that does not fit it) fails the configuration instead. */
+static int wasm_check_runtime(apr_pool_t *ptemp, server_rec *s)
+{
+    wasm_load_list l;
+    wasm_module_rec *m;
+    char *error = NULL;
+    int32_t module = -1;
+    int slots = wasm_child_slots();
+
+    wasm_load_list_make(ptemp, &l);
+    if (l.n == 0) {
+        return OK;
+    }
+    if (wasm_rt_runtime_check(l.paths, l.fds, l.names, l.traps, l.n,
+                              (uint32_t)slots, (uint32_t)wasm_pool_shards,
+                              &module, &error) == WASM_RT_OK) {
+        return OK;
+    }
+    m = module >= 0 ? wasm_module_at(module) : NULL;
+    if (m) {
+        ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
+                     WASMLOGNO(00049) "WasmModule %s (defined at %s): %s",
+                     m->path, m->defined_at, error ? error : "failed");
+    }
+    else if (wasm_pool_slots) {
+        ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
+                     WASMLOGNO(00050) "the runtime of each child "
+                     "(WasmPoolSlots %d) cannot be built: %s", slots,
+                     error ? error : "failed");
+    }
+    else {
+        ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
+                     WASMLOGNO(00051) "the runtime of each child (%d slots: "
+                     "the MPM's threads per child + 1; WasmPoolSlots sets "
+                     "another number) cannot be built: %s", slots,
+                     error ? error : "failed");
+    }
+    wasm_rt_string_free(error);
+    return HTTP_INTERNAL_SERVER_ERROR;
+}
+
+/* Compiles every module into the cache and checks what a child will build
+ * from them. Runs in each configuration pass, including `apachectl
+ * configtest`, so a module that cannot run stops the server before it
+ * starts. The runtime compiles in a forked process: the parent keeps no
+ * Wasmtime threads or signal handlers to fork. */
 static int wasm_check_config(apr_pool_t *pconf, apr_pool_t *plog,
                              apr_pool_t *ptemp, server_rec *s)
 {
-    int i;
+    int i, rv;
 
     if (!wasm_cache_dir) {
         wasm_cache_dir = ap_runtime_dir_relative(pconf, "mod_wasm-cache");
     }
     for (i = 0; i < wasm_modules->nelts; i++) {
         wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec);
-        char *cwasm = NULL, *error = NULL;
-        int32_t hit = 0;
-        uint64_t millis = 0;
-        int32_t rc;
 
         if (m->refs == 0) {
             continue;
         }
-        rc = wasm_rt_precompile(m->path, wasm_cache_dir, m->trap_unknown,
-                                &cwasm, &hit, &millis, &error);
-        if (rc != WASM_RT_OK) {
-            ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
-                         WASMLOGNO(00001) "WasmModule %s (defined at %s): %s",
-                         m->path, m->defined_at, error ? error : "failed");
-            wasm_rt_string_free(error);
-            return HTTP_INTERNAL_SERVER_ERROR;
+        rv = wasm_precompile_module(pconf, s, m);
+        if (rv != OK) {
+            return rv;
         }
-        m->cwasm = apr_pstrdup(pconf, cwasm);
-        m->cache_hit = hit;
-        m->millis = millis;
-        wasm_rt_string_free(cwasm);
+        /* The error log opens later, and configtest never opens it. */
+        if (m->replaced
+            && ap_state_query(AP_SQ_RUN_MODE) == AP_SQ_RM_CONFIG_TEST) {
+            wasm_log_replaced(s, m, 1);
+        }
     }
-    return OK;
+    return wasm_check_runtime(ptemp, s);
 }
 
 /* Removes cache entries this configuration does not use (see
@@ -643,6 +796,9 @@ static int wasm_post_config(apr_pool_t *pconf, apr_pool_t *plog,
         if (!m->cwasm) {
             continue;
         }
+        if (m->replaced) {
+            wasm_log_replaced(s, m, 0);
+        }
         if (m->cache_hit) {
             ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, s, WASMLOGNO(00002)
                          "%s: cache hit, %s", m->path, m->cwasm);
@@ -660,42 +816,22 @@ static int wasm_post_config(apr_pool_t *pconf, apr_pool_t *plog,
 
 static void wasm_child_init(apr_pool_t *pchild, server_rec *s)
 {
-    const char **paths, **names;
-    int32_t *traps;
-    int threads = 1, slots, i, loaded, n = wasm_modules ? wasm_modules->nelts : 0;
+    wasm_load_list l;
     char *error = NULL;
 
     wasm_runtime = NULL;
-    if (n == 0) {
+    if (!wasm_modules || wasm_modules->nelts == 0) {
         return;
     }
-    /* One request per worker thread at a time, plus one spare: a slot is
-     * released when its request ends, so the pool cannot run dry unless
-     * WasmPoolSlots says fewer. */
-    if (ap_mpm_query(AP_MPMQ_MAX_THREADS, &threads) != APR_SUCCESS
-        || threads < 1) {
-        threads = 1;
-    }
-    slots = wasm_pool_slots ? wasm_pool_slots : threads + 1;
-    paths = apr_palloc(pchild, n * sizeof(*paths));
-    names = apr_palloc(pchild, n * sizeof(*names));
-    traps = apr_palloc(pchild, n * sizeof(*traps));
-    for (i = 0, loaded = 0; i < n; i++) {
-        wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec);
-        m->rt_index = -1;
-        if (!m->cwasm) {
-            continue;   /* replaced by a record with other link options */
-        }
-        m->rt_index = loaded;
-        paths[loaded] = m->cwasm;
-        names[loaded] = m->path;
-        traps[loaded] = m->trap_unknown;
-        loaded++;
-    }
+    wasm_load_list_make(pchild, &l);
     /* The engine is created here, after Apache set up its signal handlers,
      * so that Wasmtime's trap handlers run first (and chain to Apache's for
-     * faults that are not guest traps). */
-    if (wasm_rt_runtime_new(paths, names, traps, loaded, (uint32_t)slots,
+     * faults that are not guest traps). The entries come from descriptors
+     * this process inherited from the parent, not from the cache directory,
+     * which this child's user may not be able to read and which another
+     * server may have cleaned since. */
+    if (wasm_rt_runtime_new(l.paths, l.fds, l.names, l.traps, l.n,
+                            (uint32_t)wasm_child_slots(),
                             (uint32_t)wasm_pool_shards, &wasm_runtime,
                             &error) != WASM_RT_OK) {
         ap_log_error(APLOG_MARK, APLOG_CRIT, 0, s, WASMLOGNO(00004)
@@ -1532,7 +1668,9 @@ static int wasm_pre_connection(conn_rec *c, void *csd)
 static void wasm_register_hooks(apr_pool_t *p)
 {
     ap_hook_pre_config(wasm_pre_config, NULL, NULL, APR_HOOK_MIDDLE);
-    ap_hook_check_config(wasm_check_config, NULL, NULL, APR_HOOK_MIDDLE);
+    /* Last: after the MPM's check_config has settled its threads per child,
+     * which size the pool wasm_check_runtime checks. */
+    ap_hook_check_config(wasm_check_config, NULL, NULL, APR_HOOK_LAST);
     ap_hook_post_config(wasm_post_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(wasm_child_init, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(wasm_handler, NULL, NULL, APR_HOOK_MIDDLE);

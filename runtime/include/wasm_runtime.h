@@ -128,24 +128,34 @@ uint32_t wasm_rt_abi_version(void);
 void wasm_rt_string_free(char *s);
 
 /*
- * Compiles `wasm_path` into `cache_dir` unless an up-to-date entry exists,
- * in a forked child process so that the caller (Apache's parent) keeps no
- * Wasmtime state, signal handlers or threads, and checks that mod_wasm can
- * link it (with `trap_unknown_imports`, imports it does not provide become
- * functions that trap when called). On success `*cwasm_path` receives the
- * entry's path (free with wasm_rt_string_free), `*cache_hit` 1 if nothing
- * was compiled, `*millis` the time taken.
+ * Compiles `wasm_path` into `cache_dir` unless an intact, up-to-date entry
+ * exists, in a forked child process so that the caller (Apache's parent)
+ * keeps no Wasmtime state, signal handlers or threads, and checks that
+ * mod_wasm can link it (with `trap_unknown_imports`, imports it does not
+ * provide become functions that trap when called). An entry whose contents
+ * do not match the digest recorded when it was written is never used: it is
+ * compiled again, or the call fails naming it when it cannot be replaced.
+ *
+ * On success `*cwasm_path` receives the entry's path (free with
+ * wasm_rt_string_free); `*cwasm_fd` a read-only, close-on-exec descriptor
+ * of the entry, opened and checked against its digest in the calling
+ * process, which the caller owns and closes: children that inherit it load
+ * the module from it (see wasm_rt_runtime_new), so the name may be deleted
+ * or replaced meanwhile; `*cache_hit` 1 if nothing was compiled; `*millis`
+ * the time taken; `*replaced` NULL, or why an entry that existed was
+ * compiled again (worth a warning; free with wasm_rt_string_free).
  */
 int32_t wasm_rt_precompile(const char *wasm_path, const char *cache_dir,
                            int32_t trap_unknown_imports, char **cwasm_path,
-                           int32_t *cache_hit, uint64_t *millis,
-                           char **error);
+                           int32_t *cwasm_fd, int32_t *cache_hit,
+                           uint64_t *millis, char **replaced, char **error);
 
 /*
  * Removes the `.cwasm` entries of `cache_dir` that are not among the `n`
- * paths `keep` and were last used more than `max_age_ms` ago, and temporary
- * files of interrupted compilations; `*removed` receives the count. Does not
- * create any Wasmtime state: safe in Apache's parent.
+ * paths `keep` and were last used more than `max_age_ms` ago, with their
+ * digest records, and leftovers of interrupted compilations; `*removed`
+ * receives the number of entries removed. Does not create any Wasmtime
+ * state: safe in Apache's parent.
  */
 int32_t wasm_rt_cache_prune(const char *cache_dir, const char *const *keep,
                             size_t n, uint64_t max_age_ms, uint32_t *removed,
@@ -159,18 +169,36 @@ int32_t wasm_rt_parse_size(const char *text, uint64_t *out, char **error);
 
 /*
  * Creates the runtime of one child process: loads each of the `n` cache
- * entries `cwasm_paths` (named `names[i]` in log messages, linked with
- * trapping stubs for unknown imports when `trap_unknown_imports[i]`) into
- * `shards` engines (0: one per CPU, at most 8, at least two slots each;
- * never more than `slots`) whose instance pools share exactly `slots` slots
- * (the most requests it can run at once), and starts their epoch thread.
- * Module i is index i in wasm_rt_run.
+ * entries (named `names[i]` in log messages, linked with trapping stubs for
+ * unknown imports when `trap_unknown_imports[i]`) into `shards` engines (0:
+ * one per CPU, at most 8, at least two slots each; never more than `slots`)
+ * whose instance pools share exactly `slots` slots (the most requests it can
+ * run at once), and starts their epoch thread. Module i is index i in
+ * wasm_rt_run. Entry i is loaded from descriptor `cwasm_fds[i]` (from
+ * wasm_rt_precompile; it is duplicated, not taken) unless that is -1 or
+ * `cwasm_fds` is NULL, else opened by its path `cwasm_paths[i]`.
  */
 int32_t wasm_rt_runtime_new(const char *const *cwasm_paths,
+                            const int32_t *cwasm_fds,
                             const char *const *names,
                             const int32_t *trap_unknown_imports, size_t n,
                             uint32_t slots, uint32_t shards,
                             wasm_rt_runtime **out, char **error);
+
+/*
+ * Builds, in a forked child process, the runtime wasm_rt_runtime_new would
+ * build with the same arguments, and throws it away: what would fail in
+ * every child fails here, at configuration time. On failure `*module` is
+ * the index of the module at fault, or -1 when the instance pool itself
+ * cannot be reserved (the message then says how much address space
+ * `slots` slots need and what `ulimit -v` allows).
+ */
+int32_t wasm_rt_runtime_check(const char *const *cwasm_paths,
+                              const int32_t *cwasm_fds,
+                              const char *const *names,
+                              const int32_t *trap_unknown_imports, size_t n,
+                              uint32_t slots, uint32_t shards,
+                              int32_t *module, char **error);
 
 /*
  * Stores in `*text` this child's status for `SetHandler wasm-status`:

@@ -6,38 +6,66 @@
 //! so a changed module or a new build of mod_wasm gets a new entry and an
 //! unchanged module is a cache hit across passes, restarts and locations.
 //!
+//! A name says what an entry should hold, not what it holds: every entry has
+//! a digest record (see [`crate::digest`]), and an entry whose contents do
+//! not match it is compiled again, never mapped.
+//!
 //! Entries are written to a temporary file and renamed into place: children
 //! `mmap` them, and rewriting a mapped file in place would corrupt running code.
 
-use std::fs;
+use std::fs::{self, File};
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::{Engine, Module};
 
+use crate::digest::{self, Damage, Record};
 use crate::engine::{compile_engine, Flavor};
 use crate::error::{chain, Code, Error, Result};
 use crate::host;
-use crate::runtime::{ModuleSpec, Runtime};
 
 /// Suffix of cache entries.
 pub const EXTENSION: &str = "cwasm";
 /// Marks temporary files: `<entry>.cwasm.tmp.<pid>`.
 const TEMP_MARK: &str = ".tmp.";
 
+/// A cache entry as children load it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Where it is; also how log lines name it.
+    pub path: PathBuf,
+    /// The entry, opened and checked against its digest. When present it is
+    /// what gets loaded (the name is not looked up again), so that a server
+    /// sharing the directory can delete or replace the name without
+    /// affecting whoever holds this file.
+    pub file: Option<Arc<File>>,
+}
+
+impl From<PathBuf> for Entry {
+    /// An entry to be opened by name when it is loaded.
+    fn from(path: PathBuf) -> Entry {
+        Entry { path, file: None }
+    }
+}
+
 /// What [`precompile`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Compiled {
     /// The cache entry to hand to the children.
-    pub cwasm: PathBuf,
+    pub cwasm: Entry,
     /// True when the entry already existed and nothing was compiled.
     pub hit: bool,
     /// Time spent, in milliseconds (reading, hashing and compiling).
     pub millis: u64,
+    /// Why an entry that existed under this name was not used and was
+    /// compiled again (damaged, or another module's); `None` for a hit and
+    /// for a plain miss. Worth a warning: something changed the cache.
+    pub replaced: Option<String>,
 }
 
 /// Feeds a `Hash` value into SHA-256; `precompile_compatibility_hash` only
@@ -81,20 +109,23 @@ fn entry_name(engine: &Engine, wasm_path: &Path, wasm: &[u8]) -> String {
     format!("{stem}-{hex}.{EXTENSION}")
 }
 
-/// Compiles `wasm_path` into `cache_dir` unless an up-to-date entry exists.
+/// Compiles `wasm_path` into `cache_dir` unless an intact, up-to-date entry
+/// exists, and returns the entry checked and open.
 ///
 /// The module is validated and its imports are checked against what
 /// mod_wasm provides, so a module that could never run fails here, at
-/// configuration time.
+/// configuration time. (Whether it fits the instance pool of a child, and
+/// imports of the wrong type, are checked with the whole configuration by
+/// [`crate::runtime::Runtime::build`].)
 ///
 /// This creates a Wasmtime engine, which installs signal handlers and may
 /// start compilation threads: in Apache call it through
 /// [`crate::isolate::precompile_isolated`], never in the parent itself.
 ///
 /// # Errors
-/// [`Code::Io`] if the module cannot be read or the cache cannot be written,
-/// [`Code::Compile`] for invalid WebAssembly, [`Code::Link`] for imports
-/// mod_wasm does not provide.
+/// [`Code::Io`] if the module cannot be read or the cache cannot be written
+/// (also when a damaged entry cannot be replaced), [`Code::Compile`] for
+/// invalid WebAssembly, [`Code::Link`] for imports mod_wasm does not provide.
 pub fn precompile(wasm_path: &Path, cache_dir: &Path) -> Result<Compiled> {
     precompile_with(wasm_path, cache_dir, &Options::default())
 }
@@ -119,84 +150,144 @@ pub fn precompile_with(wasm_path: &Path, cache_dir: &Path, opts: &Options) -> Re
         )
     })?;
     let engine = compile_engine(opts.flavor)?;
-    let cwasm = cache_dir.join(entry_name(&engine, wasm_path, &wasm));
-    // A hit is loaded too: that checks the entry is intact and usable by
-    // this engine, and its imports are checked like a fresh compile's (the
-    // same module may be configured with different linking options).
-    // SAFETY: see `runtime::load`; entries are only written by this module.
-    let cached = cwasm
-        .is_file()
-        .then(|| unsafe { Module::deserialize_file(&engine, &cwasm) }.ok())
-        .flatten();
-    let hit = cached.is_some();
-    let module = match cached {
-        Some(module) => {
-            // The modification time records the last use, for `prune`.
-            let _ = fs::File::options()
-                .append(true)
-                .open(&cwasm)
-                .and_then(|f| f.set_modified(SystemTime::now()));
-            module
+    let path = cache_dir.join(entry_name(&engine, wasm_path, &wasm));
+    let (module, file, hit, replaced) = match load_cached(&engine, &path) {
+        Ok((module, file)) => {
+            touch(&path);
+            (module, file, true, None)
         }
-        None => {
-            let module = Module::new(&engine, &wasm).map_err(|e| {
-                Error::new(
-                    Code::Compile,
-                    format!(
-                        "{} is not a valid WebAssembly module: {}",
-                        wasm_path.display(),
-                        chain(&e)
+        Err(why) => {
+            let (module, file) = compile_into(&engine, wasm_path, &wasm, cache_dir, &path)
+                .map_err(|e| match &why {
+                    // A read-only directory: refuse by name rather than map
+                    // what is there.
+                    Some(why) if e.code == Code::Io => Error::new(
+                        e.code,
+                        format!(
+                            "cache entry {} cannot be used ({why}) and cannot be replaced: {}",
+                            path.display(),
+                            e.message
+                        ),
                     ),
-                )
-            })?;
-            let bytes = module
-                .serialize()
-                .map_err(|e| Error::new(Code::Internal, chain(&e)))?;
-            write_atomically(cache_dir, &cwasm, &bytes)?;
-            module
+                    _ => e,
+                })?;
+            (module, file, false, why)
         }
     };
+    // The entry's imports are checked on a hit too: the same module may be
+    // configured with different linking options.
     if !opts.trap_unknown_imports {
-        // All missing imports at once; the child's own linking below would
-        // name only the first.
+        // All missing imports at once; the child's own linking would name
+        // only the first.
         host::check_imports(&engine, &host::linker(&engine)?, &module)?;
     }
-    // What a child will do with it, with one slot: imports of the wrong type
-    // and a module too big for the instance pool fail here, at configtest,
-    // rather than in every child.
-    let spec = ModuleSpec {
-        cwasm: cwasm.clone(),
-        name: wasm_path.display().to_string(),
-        trap_unknown_imports: opts.trap_unknown_imports,
-    };
-    // The entry loaded with the compile engine above, so a load error here
-    // is the pool's own validation of the module's needs.
-    Runtime::new_flavored(&[spec], 1, opts.flavor).map_err(|e| match e.code {
-        Code::Link => e,
-        _ => Error::new(
-            e.code,
-            format!(
-                "{} does not fit the instance pool: {}",
-                wasm_path.display(),
-                e.message
-            ),
-        ),
-    })?;
     Ok(Compiled {
-        cwasm,
+        cwasm: Entry {
+            path,
+            file: Some(Arc::new(file)),
+        },
         hit,
         millis: started.elapsed().as_millis() as u64,
+        replaced,
     })
+}
+
+/// The entry at `path`, checked against its digest and loaded by `engine`
+/// (which checks that it suits this engine) from the checked file.
+///
+/// # Errors
+/// Why it cannot be used: `None` when there is no entry (a plain miss), or
+/// what is wrong with the one there.
+fn load_cached(
+    engine: &Engine,
+    path: &Path,
+) -> std::result::Result<(Module, File), Option<String>> {
+    let file = digest::open_verified(path).map_err(|d| match d {
+        Damage::Absent => None,
+        d => Some(d.to_string()),
+    })?;
+    let copy = file
+        .try_clone()
+        .map_err(|e| Some(format!("it cannot be reopened: {e}")))?;
+    // SAFETY: the contents are the ones recorded when this module wrote
+    // them (see `digest`), and entries are never rewritten in place.
+    let module = unsafe { Module::deserialize_open_file(engine, copy) }
+        .map_err(|e| Some(format!("Wasmtime refused it: {}", chain(&e))))?;
+    Ok((module, file))
+}
+
+/// Compiles `wasm` and stores it as the entry `path` in `cache_dir`;
+/// returns the module and the new entry, opened and checked.
+fn compile_into(
+    engine: &Engine,
+    wasm_path: &Path,
+    wasm: &[u8],
+    cache_dir: &Path,
+    path: &Path,
+) -> Result<(Module, File)> {
+    let module = Module::new(engine, wasm).map_err(|e| {
+        Error::new(
+            Code::Compile,
+            format!(
+                "{} is not a valid WebAssembly module: {}",
+                wasm_path.display(),
+                chain(&e)
+            ),
+        )
+    })?;
+    let bytes = module
+        .serialize()
+        .map_err(|e| Error::new(Code::Internal, chain(&e)))?;
+    store(cache_dir, path, &bytes)?;
+    let file = digest::open_verified(path).map_err(|d| {
+        Error::new(
+            Code::Io,
+            format!(
+                "cache entry {} changed as soon as it was written ({d}): is another \
+                 process writing to {}?",
+                path.display(),
+                cache_dir.display()
+            ),
+        )
+    })?;
+    Ok((module, file))
+}
+
+/// Records a use of the entry in its modification time, for [`prune`].
+/// Best effort: a read-only cache still serves its entries.
+fn touch(path: &Path) {
+    let _ = File::options()
+        .append(true)
+        .open(path)
+        .and_then(|f| f.set_modified(SystemTime::now()));
+}
+
+/// Stores `bytes` as the entry `dest`: its digest record first, then the
+/// entry, each written aside and renamed into place. A reader sees either no
+/// entry or a whole one, and never an entry without its record (an
+/// interruption between the two leaves a record alone, which [`prune`]
+/// removes later).
+fn store(cache_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
+    fs::create_dir_all(cache_dir).map_err(|e| io("create cache directory", cache_dir, e))?;
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let record = Record::of(&name, bytes).to_text();
+    write_atomically(&digest::record_path(dest), record.as_bytes())?;
+    write_atomically(dest, bytes)
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::new(Code::Io, format!("cannot {what} {}: {e}", path.display()))
 }
 
 /// Writes `bytes` to `dest` through a temporary file and a rename, so that a
 /// reader sees either no file or the whole file.
-fn write_atomically(cache_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |what: &str, path: &Path, e: std::io::Error| {
-        Error::new(Code::Io, format!("cannot {what} {}: {e}", path.display()))
-    };
-    fs::create_dir_all(cache_dir).map_err(|e| io("create cache directory", cache_dir, e))?;
-    let tmp = dest.with_extension(format!("{EXTENSION}{TEMP_MARK}{}", std::process::id()));
+fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = dest.as_os_str().to_owned();
+    tmp.push(format!("{TEMP_MARK}{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
     let result = (|| {
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -207,7 +298,8 @@ fn write_atomically(cache_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
             .map_err(|e| io("create", &tmp, e))?;
         f.write_all(bytes).map_err(|e| io("write", &tmp, e))?;
         f.sync_all().map_err(|e| io("sync", &tmp, e))?;
-        // The umask may have narrowed the mode; children run as another user.
+        // The umask may have narrowed the mode; other tools (and servers
+        // sharing the directory under another user) read entries.
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))
             .map_err(|e| io("set permissions of", &tmp, e))?;
         fs::rename(&tmp, dest).map_err(|e| io("rename into place", dest, e))
@@ -218,18 +310,61 @@ fn write_atomically(cache_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
-/// Temporary files older than this are leftovers of an interrupted compile.
+/// Temporary files, and records without an entry, older than this are
+/// leftovers of an interrupted compile; younger ones may be a compile in
+/// progress (in this server or in another one sharing the directory).
 const TEMP_MAX_AGE: Duration = Duration::from_secs(3600);
 
+/// What [`prune`] does with one file of the cache directory.
+#[derive(Debug, PartialEq, Eq)]
+enum Kind {
+    /// An entry this configuration does not use.
+    Unused,
+    /// A temporary file.
+    Temp,
+    /// A digest record whose entry is gone.
+    Orphan,
+    /// Anything else: an entry in use, a record with its entry, a file that
+    /// is not ours.
+    Keep,
+}
+
+fn kind(path: &Path, keep: &[PathBuf]) -> Kind {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let entry_suffix = format!(".{EXTENSION}");
+    if name.contains(TEMP_MARK) {
+        Kind::Temp
+    } else if name.ends_with(&entry_suffix) {
+        if keep.iter().any(|k| k == path) {
+            Kind::Keep
+        } else {
+            Kind::Unused
+        }
+    } else if let Some(entry) = name.strip_suffix(digest::SUFFIX) {
+        let entry = path.with_file_name(entry);
+        if entry.to_string_lossy().ends_with(&entry_suffix) && !entry.exists() {
+            Kind::Orphan
+        } else {
+            Kind::Keep
+        }
+    } else {
+        Kind::Keep
+    }
+}
+
 /// Removes cache entries in `cache_dir` that are not in `keep` and were last
-/// used (compiled or hit, see [`precompile`]) more than `max_age` ago, and
-/// temporary files left by interrupted compilations. Returns how many files
-/// were removed.
+/// used (compiled or hit, see [`precompile`]) more than `max_age` ago, with
+/// their digest records, and temporary files and records left by
+/// interrupted compilations. Returns how many entries were removed.
 ///
-/// The age keeps servers that share a cache directory from removing each
-/// other's entries between a compile and the children's load. Removal is
-/// safe while children still run an old entry: a removed name does not unmap
-/// a file.
+/// Removal is safe for every server whose children load from entries their
+/// parent holds open (see [`Entry::file`]): a removed name neither unmaps
+/// nor closes a file. The age only spares other servers a compile: an entry
+/// another server uses would otherwise be compiled again at its next
+/// restart.
 ///
 /// # Errors
 /// [`Code::Io`] when the directory cannot be read; files that cannot be
@@ -238,34 +373,28 @@ pub fn prune(cache_dir: &Path, keep: &[PathBuf], max_age: Duration) -> Result<us
     let entries = match fs::read_dir(cache_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => {
-            return Err(Error::new(
-                Code::Io,
-                format!("cannot read cache directory {}: {e}", cache_dir.display()),
-            ))
-        }
+        Err(e) => return Err(io("read cache directory", cache_dir, e)),
     };
     let now = SystemTime::now();
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let limit = if name.ends_with(&format!(".{EXTENSION}")) && !keep.contains(&path) {
-            max_age
-        } else if name.contains(TEMP_MARK) {
-            TEMP_MAX_AGE
-        } else {
-            continue;
-        };
-        let age = entry
-            .metadata()
+    let age = |path: &Path| {
+        fs::metadata(path)
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| now.duration_since(t).ok())
-            .unwrap_or_default();
-        if age >= limit && fs::remove_file(&path).is_ok() {
-            removed += 1;
+            .unwrap_or_default()
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match kind(&path, keep) {
+            Kind::Unused if age(&path) >= max_age && fs::remove_file(&path).is_ok() => {
+                let _ = fs::remove_file(digest::record_path(&path));
+                removed += 1;
+            }
+            Kind::Temp | Kind::Orphan if age(&path) >= TEMP_MAX_AGE => {
+                let _ = fs::remove_file(&path);
+            }
+            _ => {}
         }
     }
     Ok(removed)
@@ -274,6 +403,7 @@ pub fn prune(cache_dir: &Path, keep: &[PathBuf], max_age: Duration) -> Result<us
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::{ModuleSpec, Runtime};
 
     const HELLO: &str = r#"(module
         (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
@@ -293,40 +423,188 @@ mod tests {
         p
     }
 
+    /// The file names in `dir`, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Whether a child could build its runtime from `compiled`, with one slot.
+    fn child_of(compiled: &Compiled, trap: bool) -> std::result::Result<(), Error> {
+        let spec = ModuleSpec {
+            cwasm: compiled.cwasm.clone(),
+            name: "m.wasm".into(),
+            trap_unknown_imports: trap,
+        };
+        match Runtime::build(&[spec], 1, None, Flavor::default()) {
+            Ok(rt) => {
+                assert_eq!(rt.module_count(), 1);
+                Ok(())
+            }
+            Err(e) => {
+                assert_eq!(e.module, Some(0), "{}", e.error.message);
+                Err(e.error)
+            }
+        }
+    }
+
     #[test]
     fn second_compile_is_a_hit_and_a_change_is_a_miss() {
         let d = tmpdir("hit");
         let m = wat(&d, "hello.wasm", HELLO);
         let first = precompile(&m, &d.join("cache")).unwrap();
-        assert!(!first.hit);
-        assert!(first.cwasm.is_file());
+        assert!(!first.hit && first.replaced.is_none());
+        assert!(first.cwasm.path.is_file() && first.cwasm.file.is_some());
         let second = precompile(&m, &d.join("cache")).unwrap();
-        assert!(second.hit);
-        assert_eq!(first.cwasm, second.cwasm);
+        assert!(second.hit && second.replaced.is_none());
+        assert_eq!(first.cwasm.path, second.cwasm.path);
         let changed = wat(&d, "hello.wasm", &HELLO.replace("1)", "2)"));
         let third = precompile(&changed, &d.join("cache")).unwrap();
         assert!(!third.hit);
-        assert_ne!(third.cwasm, first.cwasm);
-        let names: Vec<_> = fs::read_dir(d.join("cache")).unwrap().collect();
-        assert_eq!(names.len(), 2, "no temporary files are left behind");
+        assert_ne!(third.cwasm.path, first.cwasm.path);
+        let names = names(&d.join("cache"));
+        assert_eq!(names.len(), 4, "two entries and their records: {names:?}");
+        assert_eq!(
+            names.iter().filter(|n| n.ends_with(".cwasm.sum")).count(),
+            2
+        );
+    }
+
+    /// Compiles `HELLO` into a fresh cache, damages its entry with `damage`,
+    /// and compiles again: the entry must be replaced, not used.
+    fn replaced_after(tag: &str, damage: impl FnOnce(&Path)) -> String {
+        let d = tmpdir(tag);
+        let m = wat(&d, "hello.wasm", HELLO);
+        let cache = d.join("cache");
+        let entry = precompile(&m, &cache).unwrap().cwasm.path;
+        damage(&entry);
+        let again = precompile(&m, &cache).unwrap();
+        assert!(!again.hit);
+        assert_eq!(again.cwasm.path, entry);
+        assert!(digest::open_verified(&entry).is_ok(), "not repaired");
+        assert!(precompile(&m, &cache).unwrap().hit, "repaired for good");
+        again.replaced.expect("the replacement is reported")
+    }
+
+    #[test]
+    fn a_damaged_entry_is_compiled_again_and_the_reason_reported() {
+        let why = replaced_after("flipped", |entry| {
+            let mut bytes = fs::read(entry).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0xff;
+            fs::write(entry, bytes).unwrap();
+        });
+        assert!(why.contains("do not match the digest"), "{why}");
+    }
+
+    #[test]
+    fn another_modules_entry_under_this_name_is_compiled_again() {
+        let d = tmpdir("other");
+        let other = precompile(&wat(&d, "o.wasm", &HELLO.replace("1)", "5)")), &d.join("c"))
+            .unwrap()
+            .cwasm
+            .path;
+        let why = replaced_after("copied", |entry| {
+            fs::copy(&other, entry).unwrap();
+            fs::copy(digest::record_path(&other), digest::record_path(entry)).unwrap();
+        });
+        assert!(why.contains("a copy of another entry"), "{why}");
+        let why = replaced_after("copied-entry-only", |entry| {
+            fs::copy(&other, entry).unwrap();
+        });
+        assert!(why.contains("do not match the digest"), "{why}");
+    }
+
+    #[test]
+    fn an_entry_without_a_record_is_compiled_again() {
+        let why = replaced_after("no-record", |entry| {
+            fs::remove_file(digest::record_path(entry)).unwrap();
+        });
+        assert!(why.contains("no digest was recorded"), "{why}");
+    }
+
+    #[test]
+    fn a_damaged_entry_that_cannot_be_replaced_is_refused_by_name() {
+        let d = tmpdir("stuck");
+        let m = wat(&d, "hello.wasm", HELLO);
+        let cache = d.join("cache");
+        let entry = precompile(&m, &cache).unwrap().cwasm.path;
+        fs::write(&entry, b"garbage").unwrap();
+        // Tests may run as root, for whom permissions do not make a
+        // directory read-only: block the record's temporary file instead.
+        let mut tmp = digest::record_path(&entry).into_os_string();
+        tmp.push(format!("{TEMP_MARK}{}", std::process::id()));
+        fs::create_dir(&tmp).unwrap();
+        let e = precompile(&m, &cache).unwrap_err();
+        assert_eq!(e.code, Code::Io);
+        assert!(
+            e.message.contains(&entry.display().to_string())
+                && e.message.contains("cannot be used")
+                && e.message.contains("cannot be replaced"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn a_checked_entry_loads_after_its_name_is_deleted() {
+        let d = tmpdir("deleted");
+        let compiled = precompile(&wat(&d, "a.wasm", HELLO), &d.join("cache")).unwrap();
+        fs::remove_file(&compiled.cwasm.path).unwrap();
+        fs::remove_file(digest::record_path(&compiled.cwasm.path)).unwrap();
+        child_of(&compiled, false).unwrap();
+        // Without the open file, the name is all there is.
+        let by_name = Compiled {
+            cwasm: Entry::from(compiled.cwasm.path.clone()),
+            ..compiled
+        };
+        let e = child_of(&by_name, false).unwrap_err();
+        assert!(e.message.contains("cannot load"), "{}", e.message);
     }
 
     #[test]
     fn prune_keeps_only_what_is_in_use() {
         let d = tmpdir("prune");
         let cache = d.join("cache");
-        let a = precompile(&wat(&d, "a.wasm", HELLO), &cache).unwrap().cwasm;
+        let a = precompile(&wat(&d, "a.wasm", HELLO), &cache)
+            .unwrap()
+            .cwasm
+            .path;
         let b = precompile(&wat(&d, "b.wasm", &HELLO.replace("1)", "3)")), &cache)
             .unwrap()
-            .cwasm;
+            .cwasm
+            .path;
         let fresh_tmp = cache.join("x.cwasm.tmp.123");
         fs::write(&fresh_tmp, b"partial").unwrap();
+        // A record whose entry is being written right now, and one whose
+        // entry went long ago.
+        let fresh_record = cache.join("y.cwasm.sum");
+        fs::write(&fresh_record, b"record").unwrap();
+        let old_record = cache.join("z.cwasm.sum");
+        fs::write(&old_record, b"record").unwrap();
+        let long_ago = SystemTime::now() - 2 * TEMP_MAX_AGE;
+        File::options()
+            .append(true)
+            .open(&old_record)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
         fs::write(cache.join("README"), b"not ours").unwrap();
         let keep = std::slice::from_ref(&a);
         // Recently used entries survive a long max age.
         assert_eq!(prune(&cache, keep, Duration::from_secs(3600)).unwrap(), 0);
+        assert!(!old_record.exists(), "an orphan record is removed");
+        assert!(
+            fresh_record.exists(),
+            "a compile may still be writing its entry"
+        );
         assert_eq!(prune(&cache, keep, Duration::ZERO).unwrap(), 1);
-        assert!(a.is_file() && !b.exists());
+        assert!(a.is_file() && digest::record_path(&a).is_file());
+        assert!(!b.exists() && !digest::record_path(&b).exists());
         assert!(fresh_tmp.exists(), "a compile may still be writing it");
         assert!(cache.join("README").exists());
         assert_eq!(prune(&d.join("absent"), &[], Duration::ZERO).unwrap(), 0);
@@ -350,18 +628,16 @@ mod tests {
         assert!(e.message.contains("nope.wasm"));
     }
 
+    const UNKNOWN_IMPORTS: &str = r#"(module
+        (import "env" "a" (func))
+        (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+        (import "env" "b" (func))
+        (func (export "_start")))"#;
+
     #[test]
     fn unknown_imports_are_all_listed() {
         let d = tmpdir("imports");
-        let m = wat(
-            &d,
-            "imp.wasm",
-            r#"(module
-                (import "env" "a" (func))
-                (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
-                (import "env" "b" (func))
-                (func (export "_start")))"#,
-        );
+        let m = wat(&d, "imp.wasm", UNKNOWN_IMPORTS);
         let e = precompile(&m, &d.join("cache")).unwrap_err();
         assert_eq!(e.code, Code::Link);
         assert!(
@@ -370,6 +646,22 @@ mod tests {
             e.message
         );
         assert!(!e.message.contains("fd_write"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_refused_module_leaves_its_entry_for_the_opt_in() {
+        let d = tmpdir("refused");
+        let m = wat(&d, "imp.wasm", UNKNOWN_IMPORTS);
+        let cache = d.join("cache");
+        assert!(precompile(&m, &cache).is_err());
+        // Compiled code depends on the bytes and the engine, not on how the
+        // module is linked: the usual next step costs no compile.
+        let opts = Options {
+            trap_unknown_imports: true,
+            ..Options::default()
+        };
+        let c = precompile_with(&m, &cache, &opts).unwrap();
+        assert!(c.hit && c.replaced.is_none());
     }
 
     #[test]
@@ -387,7 +679,9 @@ mod tests {
                 trap_unknown_imports: trap,
                 ..Options::default()
             };
-            let e = precompile_with(&m, &d.join("cache"), &opts).unwrap_err();
+            // The name is provided, so the compile passes; linking fails.
+            let compiled = precompile_with(&m, &d.join("cache"), &opts).unwrap();
+            let e = child_of(&compiled, trap).unwrap_err();
             assert_eq!(e.code, Code::Link, "{}", e.message);
             assert!(e.message.contains("fd_write"), "{}", e.message);
             assert!(!e.message.contains("does not fit"), "{}", e.message);
@@ -406,10 +700,11 @@ mod tests {
             trap_unknown_imports: true,
             ..Options::default()
         };
-        let e = precompile_with(&m, &d.join("cache"), &opts).unwrap_err();
+        let compiled = precompile_with(&m, &d.join("cache"), &opts).unwrap();
+        let e = child_of(&compiled, true).unwrap_err();
         assert_eq!(e.code, Code::Link, "{}", e.message);
         assert!(
-            e.message.contains("glob.wasm") && e.message.contains("env"),
+            e.message.contains("m.wasm") && e.message.contains("env"),
             "{}",
             e.message
         );

@@ -87,19 +87,6 @@ impl PoolSize {
             max_tables_per_module: 1,
         }
     }
-
-    /// A one-slot pool roomy enough to load any module a child would accept,
-    /// so that its needs can be read before the real pool is sized.
-    pub fn probe() -> Self {
-        PoolSize {
-            slots: 1,
-            // A table slot is reserved address space: 8 MiB here, once.
-            table_elements: 1 << 20,
-            max_core_instance_size: MAX_INSTANCE_SIZE,
-            max_memories_per_module: 4,
-            max_tables_per_module: 16,
-        }
-    }
 }
 
 /// Most instance metadata (`vmctx`: functions, globals, tables, memories)
@@ -152,6 +139,74 @@ pub fn runtime_engine(pool: &PoolSize, flavor: Flavor) -> Result<Engine> {
             ),
         )
     })
+}
+
+/// The address space instance pools reserve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    /// All the pools together, bytes.
+    pub total: u64,
+    /// What one more slot adds, bytes.
+    pub per_slot: u64,
+}
+
+/// The address space that one engine per entry of `shares`, each with a
+/// pool of that many slots sized like `pool`, reserves in all.
+///
+/// Measured rather than computed from Wasmtime's defaults, which change
+/// between versions: this reserves (and releases) pools of one and of two
+/// slots and reads the growth of this process's address space, so it is
+/// meant for error messages in a throw-away process. `None` when the
+/// measurement fails.
+pub fn pool_reservation(pool: &PoolSize, shares: &[u32], flavor: Flavor) -> Option<Reservation> {
+    let with = |slots| reserved_by(&PoolSize { slots, ..*pool }, flavor);
+    let one = with(1)?;
+    let per_slot = with(2)?.checked_sub(one)?;
+    let fixed = one.saturating_sub(per_slot);
+    let slots: u64 = shares.iter().map(|&s| u64::from(s)).sum();
+    Some(Reservation {
+        total: fixed * shares.len() as u64 + per_slot * slots,
+        per_slot,
+    })
+}
+
+/// How much this process's address space grows while an engine with `pool`
+/// exists.
+fn reserved_by(pool: &PoolSize, flavor: Flavor) -> Option<u64> {
+    let before = address_space()?;
+    let engine = runtime_engine(pool, flavor).ok()?;
+    let after = address_space()?;
+    drop(engine);
+    after.checked_sub(before)
+}
+
+/// This process's address space in bytes (`VmSize`).
+fn address_space() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib << 10)
+}
+
+/// A byte count for people: `4.0 GiB`, `393.2 TiB`, `512 B`.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// Runs `f` with the process marked dumpable, then restores the flag.
@@ -227,4 +282,16 @@ impl Drop for Ticker {
 pub fn deadline_ticks(timeout: Duration) -> u64 {
     let tick = EPOCH_TICK.as_nanos();
     (timeout.as_nanos().div_ceil(tick) as u64).saturating_add(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(format_size(512), "512 B");
+        assert_eq!(format_size(4 << 30), "4.0 GiB");
+        assert_eq!(format_size((393 << 40) + (1 << 39)), "393.5 TiB");
+    }
 }

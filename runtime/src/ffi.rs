@@ -8,18 +8,21 @@
 
 use std::borrow::Cow;
 use std::ffi::{c_char, c_void, CStr, CString};
+use std::os::fd::{BorrowedFd, IntoRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::ptr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::body::{Body, BodyReader};
-use crate::cache::Options;
+use crate::cache::{Entry, Options};
 use crate::engine::Flavor;
 use crate::error::{Code, Error, Result};
-use crate::isolate::precompile_isolated;
+use crate::isolate::{check_isolated, precompile_isolated};
 use crate::pipe::{Output, OutputSink};
 use crate::request::{Limits, Preopen, Request};
 use crate::runtime::{ModuleSpec, Runtime};
@@ -317,7 +320,8 @@ pub unsafe extern "C" fn wasm_rt_string_free(s: *mut c_char) {
     }
 }
 
-/// Compiles a module into the cache, in a forked child process.
+/// Compiles a module into the cache, in a forked child process, and opens
+/// the entry, checked against its digest, for the caller to keep.
 ///
 /// # Safety
 /// Pointers are NULL or valid as the header describes.
@@ -327,30 +331,50 @@ pub unsafe extern "C" fn wasm_rt_precompile(
     cache_dir: *const c_char,
     trap_unknown_imports: i32,
     cwasm_path: *mut *mut c_char,
+    cwasm_fd: *mut i32,
     cache_hit: *mut i32,
     millis: *mut u64,
+    replaced: *mut *mut c_char,
     error: *mut *mut c_char,
 ) -> i32 {
+    if !cwasm_fd.is_null() {
+        unsafe { *cwasm_fd = -1 };
+    }
     let r = guard("wasm_rt_precompile", || {
         let wasm = unsafe { c_path(wasm_path, "wasm_path") }?;
         let cache = unsafe { c_path(cache_dir, "cache_dir") }?;
-        if cwasm_path.is_null() {
-            return Err(Error::new(Code::InvalidArgument, "cwasm_path is NULL"));
+        if cwasm_path.is_null() || cwasm_fd.is_null() {
+            return Err(Error::new(
+                Code::InvalidArgument,
+                "cwasm_path or cwasm_fd is NULL",
+            ));
         }
         let opts = Options {
             trap_unknown_imports: trap_unknown_imports != 0,
             ..Options::default()
         };
         let compiled = precompile_isolated(&wasm, &cache, &opts)?;
+        let path = CString::new(compiled.cwasm.path.as_os_str().as_bytes())
+            .map_err(|_| Error::new(Code::Internal, "cache path contains NUL"))?;
+        // The only reference: precompile_isolated just opened it.
+        let file = compiled
+            .cwasm
+            .file
+            .and_then(|f| Arc::try_unwrap(f).ok())
+            .ok_or_else(|| Error::new(Code::Internal, "the checked entry is not open"))?;
         unsafe {
-            *cwasm_path = CString::new(compiled.cwasm.as_os_str().as_bytes())
-                .map_err(|_| Error::new(Code::Internal, "cache path contains NUL"))?
-                .into_raw();
+            *cwasm_path = path.into_raw();
+            *cwasm_fd = file.into_raw_fd();
             if !cache_hit.is_null() {
                 *cache_hit = i32::from(compiled.hit);
             }
             if !millis.is_null() {
                 *millis = compiled.millis;
+            }
+            if !replaced.is_null() {
+                *replaced = compiled
+                    .replaced
+                    .map_or(ptr::null_mut(), |why| c_message(&why).into_raw());
             }
         }
         Ok(())
@@ -407,6 +431,52 @@ pub unsafe extern "C" fn wasm_rt_parse_size(
     unsafe { report(r, error) }
 }
 
+/// The modules of `wasm_rt_runtime_new` and `wasm_rt_runtime_check`.
+///
+/// # Safety
+/// The arrays are valid for `n` elements (`fds` may be NULL), their strings
+/// NUL-terminated, the descriptors open.
+unsafe fn c_specs(
+    paths: *const *const c_char,
+    fds: *const i32,
+    names: *const *const c_char,
+    traps: *const i32,
+    n: usize,
+) -> Result<Vec<ModuleSpec>> {
+    let paths = unsafe { c_array(paths, n, "cwasm_paths") }?;
+    let fds = if fds.is_null() {
+        vec![-1; n]
+    } else {
+        unsafe { c_array(fds, n, "cwasm_fds") }?.to_vec()
+    };
+    let names = unsafe { c_array(names, n, "names") }?;
+    let traps = unsafe { c_array(traps, n, "trap_unknown_imports") }?;
+    (0..n)
+        .map(|i| {
+            let path = unsafe { c_path(paths[i], "cwasm path") }?;
+            let file = if fds[i] < 0 {
+                None
+            } else {
+                // A duplicate: the descriptor stays the caller's.
+                // SAFETY: the caller passes an open descriptor.
+                let fd = unsafe { BorrowedFd::borrow_raw(fds[i]) };
+                let owned = fd.try_clone_to_owned().map_err(|e| {
+                    Error::new(
+                        Code::Io,
+                        format!("descriptor {} of {}: {e}", fds[i], path.display()),
+                    )
+                })?;
+                Some(Arc::new(std::fs::File::from(owned)))
+            };
+            Ok(ModuleSpec {
+                cwasm: Entry { path, file },
+                name: unsafe { c_text(names[i], "module name") }?,
+                trap_unknown_imports: traps[i] != 0,
+            })
+        })
+        .collect()
+}
+
 /// Creates the runtime of a child process.
 ///
 /// # Safety
@@ -414,6 +484,7 @@ pub unsafe extern "C" fn wasm_rt_parse_size(
 #[no_mangle]
 pub unsafe extern "C" fn wasm_rt_runtime_new(
     cwasm_paths: *const *const c_char,
+    cwasm_fds: *const i32,
     names: *const *const c_char,
     trap_unknown_imports: *const i32,
     n: usize,
@@ -426,25 +497,44 @@ pub unsafe extern "C" fn wasm_rt_runtime_new(
         if out.is_null() {
             return Err(Error::new(Code::InvalidArgument, "out is NULL"));
         }
-        let paths = unsafe { c_array(cwasm_paths, n, "cwasm_paths") }?;
-        let names = unsafe { c_array(names, n, "names") }?;
-        let traps = unsafe { c_array(trap_unknown_imports, n, "trap_unknown_imports") }?;
-        let specs = paths
-            .iter()
-            .zip(names)
-            .zip(traps)
-            .map(|((&p, &name), &trap)| {
-                Ok(ModuleSpec {
-                    cwasm: unsafe { c_path(p, "cwasm path") }?,
-                    name: unsafe { c_text(name, "module name") }?,
-                    trap_unknown_imports: trap != 0,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let specs = unsafe { c_specs(cwasm_paths, cwasm_fds, names, trap_unknown_imports, n) }?;
         let shards = (shards != 0).then_some(shards);
         let rt = Runtime::new_sharded(&specs, slots, shards, Flavor::default())?;
         unsafe { *out = Box::into_raw(Box::new(rt)) };
         Ok(())
+    });
+    unsafe { report(r, error) }
+}
+
+/// Builds, in a forked child process, the runtime `wasm_rt_runtime_new`
+/// would build, and throws it away.
+///
+/// # Safety
+/// Pointers are NULL or valid as the header describes.
+#[no_mangle]
+pub unsafe extern "C" fn wasm_rt_runtime_check(
+    cwasm_paths: *const *const c_char,
+    cwasm_fds: *const i32,
+    names: *const *const c_char,
+    trap_unknown_imports: *const i32,
+    n: usize,
+    slots: u32,
+    shards: u32,
+    module: *mut i32,
+    error: *mut *mut c_char,
+) -> i32 {
+    if !module.is_null() {
+        unsafe { *module = -1 };
+    }
+    let r = guard("wasm_rt_runtime_check", || {
+        let specs = unsafe { c_specs(cwasm_paths, cwasm_fds, names, trap_unknown_imports, n) }?;
+        let shards = (shards != 0).then_some(shards);
+        check_isolated(&specs, slots, shards, Flavor::default()).map_err(|e| {
+            if let (Some(i), false) = (e.module, module.is_null()) {
+                unsafe { *module = i32::try_from(i).unwrap_or(-1) };
+            }
+            e.error
+        })
     });
     unsafe { report(r, error) }
 }

