@@ -44,9 +44,11 @@ $(BUILD)/libwasm_runtime.so: $(RUNTIME_SRC) Cargo.lock
 
 # The module finds libwasm_runtime.so next to itself ($ORIGIN): LoadModule
 # alone is enough, no LD_LIBRARY_PATH.
-$(BUILD)/mod_wasm.so: mod_wasm_c/mod_wasm.c runtime/include/wasm_runtime.h $(BUILD)/libwasm_runtime.so
+SHIM_SRC    := $(wildcard mod_wasm_c/*.c)
+
+$(BUILD)/mod_wasm.so: $(SHIM_SRC) mod_wasm_c/mod_wasm.h runtime/include/wasm_runtime.h $(BUILD)/libwasm_runtime.so
 	cd mod_wasm_c && $(APXS) -c -Wc,-Wall -Wc,-Wextra -Wc,-Wno-unused-parameter \
-	    -I ../runtime/include -o mod_wasm.so mod_wasm.c \
+	    -I ../runtime/include -o mod_wasm.so $(notdir $(SHIM_SRC)) \
 	    -L../$(BUILD) -lwasm_runtime '-Wl,-rpath,\$$ORIGIN' >/dev/null
 	install -m 644 mod_wasm_c/.libs/mod_wasm.so $@
 

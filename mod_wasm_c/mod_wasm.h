@@ -1,0 +1,126 @@
+/*
+ * mod_wasm.h: what the files of mod_wasm's C shim share: the module, its
+ * configuration records, the server-wide state of a configuration pass,
+ * and the entry points each file offers the others.
+ *
+ *   mod_wasm.c     the module record and the lifecycle hooks (compile at
+ *                  configuration time, load in each child)
+ *   wasm_conf.c    the Wasm* directives and the per-directory merge
+ *   wasm_env.c     what a guest gets: CGI environment, argv, PATH_INFO
+ *   wasm_cgi.c     the request: body in, output out, the CGI response,
+ *                  and the filters that bound them
+ *   wasm_status.c  SetHandler wasm-status
+ */
+#ifndef MOD_WASM_H
+#define MOD_WASM_H
+
+#include <time.h>
+#include <unistd.h>
+
+#include "apr_atomic.h"
+#include "apr_strings.h"
+#include "apr_support.h"
+#include "apr_buckets.h"
+#include "apr_file_info.h"
+
+#include "ap_config.h"
+#include "ap_mpm.h"
+
+#include "httpd.h"
+#include "http_config.h"
+#include "http_connection.h"
+#include "http_core.h"
+#include "http_log.h"
+#include "http_main.h"
+#include "http_protocol.h"
+#include "http_request.h"
+#include "util_script.h"
+
+#include "wasm_runtime.h"
+
+/* Unique ids for our log lines, in the spirit of Apache's APLOGNO(). */
+#define WASMLOGNO(n) "WASM" #n ": "
+
+#define WASM_HANDLER "wasm-handler"
+#define WASM_STATUS_HANDLER "wasm-status"
+/* Request note: microseconds spent in the runtime (%{wasm-run-us}n). */
+#define WASM_RUN_NOTE "wasm-run-us"
+
+extern module AP_MODULE_DECLARE_DATA wasm_module;
+
+/* What the files share stays inside mod_wasm.so: Apache loads modules into
+ * one namespace, and only the module record is for it to see. */
+#pragma GCC visibility push(hidden)
+
+/* A distinct WasmModule file (and way of linking it). One record per path
+ * per configuration pass, however many sections name it, so it is compiled
+ * and loaded once. */
+typedef struct {
+    const char *path;        /* absolute path of the .wasm */
+    int trap_unknown;        /* WasmTrapUnknownImports On where it is set */
+    int refs;                /* sections using it; 0: nothing to load */
+    int rt_index;            /* its index in the child's runtime */
+    const char *defined_at;  /* "file:line" of the first WasmModule naming it */
+    const char *cwasm;       /* its cache entry, once check_config ran */
+    int fd;                  /* that entry, open and checked: what children
+                              * load (closed with pconf); -1 before */
+    int cache_hit;
+    apr_uint64_t millis;
+    const char *replaced;    /* why an existing entry was compiled again */
+} wasm_module_rec;
+
+/* Per-directory configuration. Unset fields inherit on merge. */
+typedef struct {
+    int module;                 /* index into wasm_modules, -1: unset */
+    const char *location;       /* <Location> path the module was set in */
+    apr_array_header_t *args;   /* of const char *, NULL: unset */
+    apr_table_t *env;           /* WasmEnv, merged key by key */
+    apr_array_header_t *dirs;   /* of wasm_rt_dir, merged by guest path */
+    const char *entry;          /* WasmEntryPoint, NULL: unset */
+    apr_uint64_t timeout_ms;    /* WasmTimeout, 0: unset */
+    apr_uint64_t max_memory;    /* WasmMaxMemory in bytes, 0: unset */
+    apr_uint64_t max_output;    /* WasmMaxOutput in bytes, 0: unset */
+    int max_open_files;         /* WasmMaxOpenFiles, 0: unset */
+    int trap_unknown;           /* WasmTrapUnknownImports, -1: unset */
+    int script_arg;             /* WasmScriptArg, -1: unset */
+} wasm_dir_conf;
+
+/* Configuration-pass state, allocated from pconf and reset in pre_config:
+ * the module is reloaded on restart, but say so explicitly. */
+extern apr_array_header_t *wasm_modules;
+extern const char *wasm_cache_dir;
+extern int wasm_pool_slots;     /* WasmPoolSlots, 0: ThreadsPerChild + 1 */
+extern int wasm_pool_shards;    /* WasmPoolShards, 0: auto (the runtime's) */
+extern apr_interval_time_t wasm_cache_max_age;  /* WasmCacheMaxAge */
+
+#define WASM_CACHE_MAX_AGE_DEFAULT apr_time_from_sec(24 * 3600)
+
+/* The child's runtime, created in child_init. Lives as long as the process:
+ * worker threads may still be finishing requests while the child pool is
+ * destroyed, so it is never freed from a pool cleanup. */
+extern wasm_rt_runtime *wasm_runtime;
+
+/* wasm_conf.c */
+extern const command_rec wasm_cmds[];
+void *wasm_create_dir_conf(apr_pool_t *p, char *dir);
+void *wasm_merge_dir_conf(apr_pool_t *p, void *basev, void *addv);
+
+/* wasm_env.c: fill `req` for the guest of `conf` (argv: OK or a status). */
+void wasm_split_location(request_rec *r, const char *location);
+void wasm_build_env(request_rec *r, const wasm_dir_conf *conf,
+                    const char *module_path, wasm_rt_request *req);
+int wasm_build_argv(request_rec *r, const wasm_dir_conf *conf,
+                    const char *module_path, wasm_rt_request *req);
+
+/* wasm_cgi.c */
+int wasm_handler(request_rec *r);
+int wasm_pre_connection(conn_rec *c, void *csd);
+void wasm_cgi_register_filters(void);
+void wasm_log_no_runtime(request_rec *r, const char *what);
+
+/* wasm_status.c */
+int wasm_status_handler(request_rec *r);
+
+#pragma GCC visibility pop
+
+#endif /* MOD_WASM_H */
