@@ -1,0 +1,90 @@
+//! The C shim's sources keep their promises: every log tag is registered
+//! in `mod_wasm_c/log-tags.txt`, used once, and below the next number.
+
+use std::collections::BTreeMap;
+use std::fs;
+
+use e2e::root;
+
+/// Each `WASMLOGNO(nnnnn)` in the shim's sources, with the files using it.
+fn tags_in_sources() -> BTreeMap<u32, Vec<String>> {
+    let mut tags: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for entry in fs::read_dir(root().join("mod_wasm_c")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "c") {
+            continue;
+        }
+        let text = fs::read_to_string(&path).unwrap();
+        for (i, _) in text.match_indices("WASMLOGNO(") {
+            let digits: String = text[i + 10..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            if digits.is_empty() {
+                continue; // the macro's own definition
+            }
+            tags.entry(digits.parse().unwrap())
+                .or_default()
+                .push(path.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    tags
+}
+
+/// The registry: its tags, those of them retired (their message is gone,
+/// the number stays taken), and its next number.
+fn registry() -> (Vec<u32>, Vec<u32>, u32) {
+    let text = fs::read_to_string(root().join("mod_wasm_c/log-tags.txt")).unwrap();
+    let mut tags = Vec::new();
+    let mut retired = Vec::new();
+    let mut next = None;
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        if let Some(n) = line.strip_prefix("next-number: ") {
+            next = Some(n.trim().parse().unwrap());
+        } else {
+            let tag = line.split_whitespace().next().unwrap();
+            let n = tag
+                .strip_prefix("WASM")
+                .and_then(|d| d.parse().ok())
+                .unwrap_or_else(|| panic!("not a tag: {line}"));
+            if line.split_whitespace().nth(1) == Some("retired") {
+                retired.push(n);
+            }
+            tags.push(n);
+        }
+    }
+    (tags, retired, next.expect("no next-number line"))
+}
+
+#[test]
+fn every_log_tag_is_used_once_and_registered() {
+    let used = tags_in_sources();
+    assert!(used.len() > 20, "found only {used:?}");
+    let twice: Vec<_> = used.iter().filter(|(_, files)| files.len() > 1).collect();
+    assert!(twice.is_empty(), "tags used more than once: {twice:?}");
+    let (registered, retired, next) = registry();
+    let mut sorted = registered.clone();
+    sorted.dedup();
+    assert_eq!(sorted.len(), registered.len(), "a tag is registered twice");
+    let unregistered: Vec<_> = used.keys().filter(|n| !registered.contains(n)).collect();
+    assert!(
+        unregistered.is_empty(),
+        "add to log-tags.txt: {unregistered:?}"
+    );
+    let unused: Vec<_> = registered
+        .iter()
+        .filter(|n| !used.contains_key(n) && !retired.contains(n))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "registered but no longer logged (keep the number: mark its line \
+         `retired`): {unused:?}"
+    );
+    let revived: Vec<_> = retired.iter().filter(|n| used.contains_key(n)).collect();
+    assert!(revived.is_empty(), "retired tags used again: {revived:?}");
+    let highest = registered.iter().max().unwrap();
+    assert!(next > *highest, "next-number {next} is not above {highest}");
+}
