@@ -88,3 +88,88 @@ fn every_log_tag_is_used_once_and_registered() {
     let highest = registered.iter().max().unwrap();
     assert!(next > *highest, "next-number {next} is not above {highest}");
 }
+
+/// The directives the shim registers (`AP_INIT_*("Name", ...)`).
+fn registered_directives() -> Vec<String> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(root().join("mod_wasm_c")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "c") {
+            continue;
+        }
+        let text = fs::read_to_string(&path).unwrap();
+        for (i, _) in text.match_indices("AP_INIT_") {
+            let rest = &text[i..];
+            if let Some(q) = rest.find('"') {
+                let name: String = rest[q + 1..].chars().take_while(|&c| c != '"').collect();
+                if rest[..q].chars().all(|c| {
+                    c.is_ascii_uppercase() || "_0123456789(".contains(c) || c.is_whitespace()
+                }) && !names.contains(&name)
+                {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Each `## Name` section of docs/directives.md, with its `Default` field.
+fn documented_defaults() -> BTreeMap<String, String> {
+    let text = fs::read_to_string(root().join("docs/directives.md")).unwrap();
+    let mut out = BTreeMap::new();
+    let mut current = None;
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("## ") {
+            current = Some(name.trim().to_string());
+            out.insert(name.trim().to_string(), String::new());
+        } else if let (Some(name), Some(v)) = (&current, line.strip_prefix("| Default | ")) {
+            let v = v.trim_end_matches('|').trim().trim_matches('`').to_string();
+            out.insert(name.clone(), v);
+        }
+    }
+    out
+}
+
+#[test]
+fn every_directive_is_documented_with_the_codes_default() {
+    let registered = registered_directives();
+    assert!(registered.len() >= 16, "found only {registered:?}");
+    let docs = documented_defaults();
+    let missing: Vec<_> = registered
+        .iter()
+        .filter(|d| !docs.contains_key(*d))
+        .collect();
+    assert!(missing.is_empty(), "not in docs/directives.md: {missing:?}");
+    let stale: Vec<_> = docs
+        .keys()
+        .filter(|d| d.starts_with("Wasm") && !registered.contains(d))
+        .collect();
+    assert!(stale.is_empty(), "documented but not registered: {stale:?}");
+
+    use wasm_runtime::limits::parse_size;
+    use wasm_runtime::request::*;
+    let secs = |d: &str| -> u64 { d.parse().unwrap_or_else(|_| panic!("not seconds: {d}")) };
+    assert_eq!(secs(&docs["WasmTimeout"]), DEFAULT_TIMEOUT.as_secs());
+    assert_eq!(
+        parse_size(&docs["WasmMaxMemory"]).unwrap(),
+        DEFAULT_MAX_MEMORY as u64
+    );
+    assert_eq!(
+        parse_size(&docs["WasmMaxOutput"]).unwrap(),
+        DEFAULT_MAX_OUTPUT as u64
+    );
+    assert_eq!(docs["WasmMaxOpenFiles"], DEFAULT_MAX_OPEN_FILES.to_string());
+    // The C side's own default, as written in its header.
+    let header = fs::read_to_string(root().join("mod_wasm_c/mod_wasm.h")).unwrap();
+    let hours: u64 = docs["WasmCacheMaxAge"]
+        .trim_end_matches('h')
+        .parse()
+        .unwrap();
+    assert!(
+        header.contains(&format!(
+            "#define WASM_CACHE_MAX_AGE_DEFAULT apr_time_from_sec({hours} * 3600)"
+        )),
+        "WasmCacheMaxAge's documented default is not the code's"
+    );
+}
