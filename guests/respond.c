@@ -5,6 +5,7 @@
  *   notmod    Last-Modified in the past (for conditional requests)
  *   badheader a malformed header line
  *   big=N     a body of N bytes
+ *   te        a Transfer-Encoding header of its own
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +32,10 @@ int main(void)
     else if (!strcmp(q, "notmod")) {
         fputs("Last-Modified: Mon, 01 Jan 2001 00:00:00 GMT\r\n"
               "Content-Type: text/plain\r\n\r\nmodified\n", stdout);
+    }
+    else if (!strcmp(q, "te")) {
+        fputs("Transfer-Encoding: gzip\r\nContent-Type: text/plain\r\n\r\n"
+              "plain\n", stdout);
     }
     else if (!strcmp(q, "badheader")) {
         fputs("this is not a header\r\n\r\n", stdout);

@@ -302,7 +302,14 @@ static int wasm_scan_head(wasm_io *io, apr_bucket_brigade *bb)
     if (!apr_table_get(r->subprocess_env, AP_TRUST_CGILIKE_CL_ENVVAR)) {
         apr_table_unset(r->headers_out, "Content-Length");
     }
-    apr_table_unset(r->headers_out, "Transfer-Encoding");
+    if (apr_table_get(r->headers_out, "Transfer-Encoding")) {
+        /* As httpd 2.4 does with a CGI script's: the core frames the
+         * response, and a framing the guest claims would be a lie. */
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, WASMLOGNO(00063)
+                      "%s: ignoring the module's Transfer-Encoding header "
+                      "(the server frames the response)", io->module_path);
+        apr_table_unset(r->headers_out, "Transfer-Encoding");
+    }
 
     if (ret != OK) {
         /* ap_meets_conditions may answer 304 for the guest's validators;
@@ -577,6 +584,15 @@ int wasm_handler(request_rec *r)
         return DECLINED;
     }
 
+    /* As mod_cgi: a file served by a module takes no PATH_INFO where
+     * AcceptPathInfo Off says so (a <Location>'s module splits its own). */
+    if (!conf->location && r->used_path_info == AP_REQ_REJECT_PATH_INFO
+        && r->path_info && *r->path_info) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, WASMLOGNO(00064)
+                      "AcceptPathInfo off disallows user's path %s",
+                      r->path_info);
+        return HTTP_NOT_FOUND;
+    }
     memset(&req, 0, sizeof(req));
     status = wasm_build_argv(r, conf, module_path, &req);
     if (status != OK) {

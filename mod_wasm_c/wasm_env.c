@@ -87,7 +87,9 @@ static const char *wasm_guest_path(request_rec *r, const wasm_dir_conf *conf,
         const wasm_rt_dir *d = &APR_ARRAY_IDX(conf->dirs, i, wasm_rt_dir);
         apr_size_t n = strlen(d->host_path);
 
-        while (n > 1 && d->host_path[n - 1] == '/') {
+        /* Without its trailing slashes: `WasmDir /` is the empty prefix,
+         * which every absolute path extends. */
+        while (n > 0 && d->host_path[n - 1] == '/') {
             n--;
         }
         if (strncmp(path, d->host_path, n) == 0 && path[n] == '/') {

@@ -526,3 +526,60 @@ fn a_runtime_of_another_interface_version_is_refused_before_any_directive() {
     let (ok, out) = configtest(&Options::new(&site));
     assert!(ok, "{out}");
 }
+
+/// A directory whose `.w` files are served by the env guest.
+fn mapped_files(extra: &str) -> (Apache, std::path::PathBuf) {
+    let data = scratch_dir("mapped");
+    fs::write(data.join("page.w"), b"").unwrap();
+    let site = format!(
+        "Alias /files {0}\n<Directory {0}>\n  Require all granted\n  AddHandler wasm-handler .w\n\
+         \x20 WasmModule @GUESTS@/env.wasm\n{extra}</Directory>\n",
+        data.display()
+    );
+    (Apache::start(&site), data)
+}
+
+#[test]
+fn accept_path_info_off_refuses_path_info_to_a_mapped_file() {
+    let (s, _data) = mapped_files("");
+    let r = get(s.port, "/files/page.w/more");
+    assert_eq!(r.status, 200);
+    assert_eq!(env_of(&r.text())["PATH_INFO"], "/more");
+    let (s, _data) = mapped_files("  AcceptPathInfo Off\n");
+    assert_eq!(get(s.port, "/files/page.w").status, 200);
+    assert_eq!(get(s.port, "/files/page.w/more").status, 404);
+    assert!(
+        s.error_log().contains("AcceptPathInfo off disallows"),
+        "{}",
+        s.error_log()
+    );
+}
+
+#[test]
+fn wasm_dir_slash_maps_every_script() {
+    let (s, data) = mapped_files("  WasmDir / ro\n  WasmScriptArg On\n");
+    let r = get(s.port, "/files/page.w");
+    assert_eq!(r.status, 200, "{}", s.error_log());
+    let script = data.join("page.w");
+    assert_eq!(env_of(&r.text())["ARGV1"], script.display().to_string());
+}
+
+#[test]
+fn a_guests_transfer_encoding_is_dropped_and_logged() {
+    let s = Apache::start(&location("/respond", "respond", ""));
+    let r = get(s.port, "/respond?te");
+    assert_eq!((r.status, r.text().as_str()), (200, "plain\n"));
+    assert!(
+        r.headers_all("transfer-encoding")
+            .iter()
+            .all(|v| !v.contains("gzip")),
+        "{:?}",
+        r.headers
+    );
+    assert!(
+        s.error_log()
+            .contains("ignoring the module's Transfer-Encoding"),
+        "{}",
+        s.error_log()
+    );
+}
