@@ -17,7 +17,12 @@ pub const MAX_AUTO_SHARDS: u32 = 8;
 /// child, one thread and two slots, keeps a single engine).
 pub fn auto_shards(slots: u32) -> u32 {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cpus as u32).min(MAX_AUTO_SHARDS).min(slots / 2).max(1)
+    shards_for(u32::try_from(cpus).unwrap_or(u32::MAX), slots)
+}
+
+/// [`auto_shards`] on a machine whose process may run on `cpus` CPUs.
+pub fn shards_for(cpus: u32, slots: u32) -> u32 {
+    cpus.min(MAX_AUTO_SHARDS).min(slots / 2).max(1)
 }
 
 /// `slots` spread over `shards` shards as evenly as whole slots allow; the

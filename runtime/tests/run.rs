@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use wasm_runtime::cache::precompile;
 use wasm_runtime::engine::Flavor;
-use wasm_runtime::shard::auto_shards;
+use wasm_runtime::shard::{auto_shards, shards_for};
 use wasm_runtime::{Code, Limits, ModuleSpec, Request, Runtime};
 
 /// WASI imports and a `write(fd, offset, len)` helper shared by the guests.
@@ -429,7 +429,12 @@ fn a_full_pool_is_reported_as_exhausted() {
             rt.run(0, req).result.unwrap_err().code
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // Until the looping guest holds the one slot.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rt.shard_status().iter().map(|s| s.busy).sum::<u32>() == 0 {
+        assert!(Instant::now() < deadline, "the guest never took its slot");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let e = rt.run(0, request()).result.unwrap_err();
     assert_eq!(e.code, Code::PoolExhausted);
     assert_eq!(e.code.http_status(), 503);
@@ -523,12 +528,17 @@ fn the_status_counts_requests_per_shard() {
 
 #[test]
 fn shards_are_one_per_cpu_within_bounds() {
-    let cpus = std::thread::available_parallelism().unwrap().get() as u32;
     // A prefork child (one thread, two slots) keeps one engine.
     assert_eq!(auto_shards(2), 1);
     assert_eq!(auto_shards(1), 1);
-    assert_eq!(auto_shards(26), cpus.clamp(1, 8).min(13));
-    assert_eq!(auto_shards(1000), cpus.clamp(1, 8));
+    assert_eq!(shards_for(2, 2), 1);
+    // One per CPU, at most 8, at least two slots each.
+    assert_eq!(shards_for(2, 26), 2);
+    assert_eq!(shards_for(1, 26), 1);
+    assert_eq!(shards_for(16, 26), 8);
+    assert_eq!(shards_for(16, 10), 5);
+    assert_eq!(shards_for(64, 1000), 8);
+    assert_eq!(shards_for(0, 1000), 1);
     // Asked for more shards than slots: one slot each.
     let rt = runtime_sharded("fewslots", &format!("(module {PRELUDE})"), 2, Some(5));
     assert_eq!(slots_of(&rt), [1, 1]);

@@ -94,8 +94,15 @@ fn a_full_pool_answers_503_and_names_the_limit() {
     let s = Apache::start(&site);
     let port = s.port;
     let busy = std::thread::spawn(move || get(port, "/fault?loop").status);
-    std::thread::sleep(Duration::from_millis(500));
-    let r = get(s.port, "/hello");
+    // Until the looping guest holds the one slot.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let r = loop {
+        let r = get(s.port, "/hello");
+        if r.status != 200 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(r.status, 503);
     assert_eq!(busy.join().unwrap(), 504);
     assert!(
@@ -263,14 +270,21 @@ fn bad_limit_values_fail_configtest_naming_the_directive() {
 
 #[test]
 fn stop_is_prompt_while_a_guest_loops() {
-    let mut s = Apache::start(&fault_site("  WasmTimeout 2\n"));
+    let site = fault_site("  WasmTimeout 2\n")
+        + "ServerLimit 1\nMaxRequestWorkers 8\n<Location /wasm-status>\n  SetHandler wasm-status\n</Location>\n";
+    let mut s = Apache::start(&site);
     let port = s.port;
     let looping = std::thread::spawn(move || {
         Request::new("GET", "/fault?loop")
             .send(port)
             .map(|r| r.status)
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // Until the guest runs.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !get(s.port, "/wasm-status").text().contains("Busy: 1") {
+        assert!(Instant::now() < deadline, "the guest never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let started = Instant::now();
     s.stop();
     assert!(
