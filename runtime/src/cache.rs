@@ -410,11 +410,8 @@ mod tests {
         (memory (export "memory") 1)
         (func (export "_start")))"#;
 
-    fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("wasm-rt-cache-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
+    fn tmpdir(name: &str) -> crate::scratch::Scratch {
+        crate::scratch::Scratch::new(&format!("cache-{name}"))
     }
 
     fn wat(dir: &Path, name: &str, text: &str) -> PathBuf {

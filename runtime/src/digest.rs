@@ -198,11 +198,8 @@ mod tests {
     use super::*;
     use std::fs;
 
-    fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("wasm-rt-digest-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
+    fn tmpdir(name: &str) -> crate::scratch::Scratch {
+        crate::scratch::Scratch::new(&format!("digest-{name}"))
     }
 
     fn write_entry(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {

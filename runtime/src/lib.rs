@@ -25,6 +25,8 @@ pub mod pipe;
 pub mod poll;
 pub mod request;
 pub mod runtime;
+#[doc(hidden)]
+pub mod scratch;
 pub mod shard;
 pub mod status;
 

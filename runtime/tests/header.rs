@@ -182,8 +182,7 @@ fn prototypes_match() {
 
 /// Offsets and sizes as the C compiler sees them.
 fn c_layout() -> String {
-    let dir = std::env::temp_dir().join(format!("wasm-rt-header-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = wasm_runtime::scratch::Scratch::new("header");
     let src = dir.join("probe.c");
     let mut c = String::from(
         "#include <stdio.h>\n#include <stddef.h>\n#include \"wasm_runtime.h\"\nint main(void){\n",

@@ -1,12 +1,12 @@
 //! The runtime's request path, without Apache: guests written in WAT,
 //! compiled through the cache, run from a pooled runtime.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasm_runtime::cache::precompile;
 use wasm_runtime::engine::Flavor;
+use wasm_runtime::scratch::Scratch;
 use wasm_runtime::shard::{auto_shards, shards_for};
 use wasm_runtime::{Code, Limits, ModuleSpec, Request, Runtime};
 
@@ -25,11 +25,8 @@ const PRELUDE: &str = r#"
     (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8)))
 "#;
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("wasm-rt-run-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn scratch(name: &str) -> Scratch {
+    Scratch::new(&format!("run-{name}"))
 }
 
 /// A runtime with one module whose body is `body` (after the prelude).

@@ -7,6 +7,7 @@
 
 pub mod apache;
 pub mod http;
+pub mod status;
 
 use std::path::PathBuf;
 

@@ -43,11 +43,7 @@ fn start(mpm: Mpm, extra: &str) -> Apache {
 
 /// A `Key: value` line of `wasm-status`.
 fn status_value(port: u16, key: &str) -> String {
-    let text = get(port, "/wasm-status").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}: ")))
-        .unwrap_or_else(|| panic!("no {key} in {text}"))
-        .to_string()
+    e2e::status::fetch(port, "/wasm-status", key)
 }
 
 /// The PID of the one child, as it reports it (the parent may still have

@@ -84,6 +84,29 @@ fn default_memory_limit_lets_the_guest_see_allocation_failure() {
     );
 }
 
+/// Starts `n` requests for guests that loop until their `WasmTimeout`, and
+/// returns once they fill the pool (a hello request gets 503); each thread
+/// gives its request's status.
+fn fill_pool(port: u16, n: usize) -> Vec<std::thread::JoinHandle<u16>> {
+    let busy = (0..n)
+        .map(|_| {
+            // A probe below may hold a slot for a moment: then try again.
+            std::thread::spawn(move || loop {
+                match get(port, "/fault?loop").status {
+                    503 => continue,
+                    status => break status,
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(port, "/hello").status != 503 {
+        assert!(Instant::now() < deadline, "the pool never filled");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    busy
+}
+
 #[test]
 fn a_full_pool_answers_503_and_names_the_limit() {
     // One child only, so that both requests meet the same pool.
@@ -92,19 +115,9 @@ fn a_full_pool_answers_503_and_names_the_limit() {
         fault_site("  WasmTimeout 2\n")
     );
     let s = Apache::start(&site);
-    let port = s.port;
-    let busy = std::thread::spawn(move || get(port, "/fault?loop").status);
-    // Until the looping guest holds the one slot.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let r = loop {
-        let r = get(s.port, "/hello");
-        if r.status != 200 || Instant::now() > deadline {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert_eq!(r.status, 503);
-    assert_eq!(busy.join().unwrap(), 504);
+    for b in fill_pool(s.port, 1) {
+        assert_eq!(b.join().unwrap(), 504);
+    }
     assert!(
         s.error_log().contains("raise WasmPoolSlots"),
         "{}",
@@ -123,24 +136,7 @@ fn the_slots_of_every_shard_serve_and_each_shard_stops_its_guests() {
         fault_site("  WasmTimeout 2\n")
     );
     let s = Apache::start(&site);
-    let port = s.port;
-    let busy: Vec<_> = (0..3)
-        .map(|_| {
-            // A probe below may hold a slot for a moment: then try again.
-            std::thread::spawn(move || loop {
-                match get(port, "/fault?loop").status {
-                    503 => continue,
-                    status => break status,
-                }
-            })
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while get(s.port, "/hello").status != 503 {
-        assert!(Instant::now() < deadline, "the pool never filled");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for b in busy {
+    for b in fill_pool(s.port, 3) {
         assert_eq!(b.join().unwrap(), 504);
     }
     assert!(
@@ -167,12 +163,7 @@ fn wasm_status_shows_the_childs_slots_requests_and_heap() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
     let text = r.text();
-    let value = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}: ")))
-            .unwrap_or_else(|| panic!("no {key} in {text}"))
-            .to_string()
-    };
+    let value = |key: &str| e2e::status::value(&text, key);
     assert_eq!(value("Shards"), "2");
     assert_eq!(value("Slots"), "6");
     assert_eq!(value("SlotsPerShard"), "3 3");
@@ -281,7 +272,7 @@ fn stop_is_prompt_while_a_guest_loops() {
     });
     // Until the guest runs.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !get(s.port, "/wasm-status").text().contains("Busy: 1") {
+    while e2e::status::fetch(s.port, "/wasm-status", "Busy") != "1" {
         assert!(Instant::now() < deadline, "the guest never started");
         std::thread::sleep(Duration::from_millis(10));
     }
