@@ -223,6 +223,20 @@ fn guard(what: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
     })
 }
 
+/// Frees what `p` owns with `free`, unless `p` is NULL; a panic in a
+/// destructor is caught like any other (there is no caller to tell).
+///
+/// # Safety
+/// `free` must be the right way to release `p`, and `p` not yet released.
+unsafe fn release<T>(what: &str, p: *mut T, free: unsafe fn(*mut T)) {
+    if !p.is_null() {
+        let _ = guard(what, || {
+            unsafe { free(p) };
+            Ok(())
+        });
+    }
+}
+
 /// A C string for a message; interior NULs (which C could not print) become spaces.
 fn c_message(s: &str) -> CString {
     CString::new(s.replace('\0', " ")).unwrap_or_default()
@@ -312,12 +326,8 @@ pub extern "C" fn wasm_rt_abi_version() -> u32 {
 /// `s` is NULL or was returned by this library and not yet released.
 #[no_mangle]
 pub unsafe extern "C" fn wasm_rt_string_free(s: *mut c_char) {
-    if !s.is_null() {
-        let _ = guard("wasm_rt_string_free", || {
-            drop(unsafe { CString::from_raw(s) });
-            Ok(())
-        });
-    }
+    // SAFETY: as the caller promises, `s` came from `CString::into_raw`.
+    unsafe { release("wasm_rt_string_free", s, |s| drop(CString::from_raw(s))) }
 }
 
 /// Compiles a module into the cache, in a forked child process, and opens
@@ -545,12 +555,8 @@ pub unsafe extern "C" fn wasm_rt_runtime_check(
 /// `rt` is NULL or came from `wasm_rt_runtime_new`, and no request runs.
 #[no_mangle]
 pub unsafe extern "C" fn wasm_rt_runtime_free(rt: *mut wasm_rt_runtime) {
-    if !rt.is_null() {
-        let _ = guard("wasm_rt_runtime_free", || {
-            drop(unsafe { Box::from_raw(rt) });
-            Ok(())
-        });
-    }
+    // SAFETY: as the caller promises, `rt` came from `Box::into_raw`.
+    unsafe { release("wasm_rt_runtime_free", rt, |rt| drop(Box::from_raw(rt))) }
 }
 
 /// This child's status text (see `status.rs`).
@@ -774,11 +780,11 @@ pub unsafe extern "C" fn wasm_rt_run(
 /// `resp` is NULL or came from `wasm_rt_run` and was not yet released.
 #[no_mangle]
 pub unsafe extern "C" fn wasm_rt_response_free(resp: *mut wasm_rt_response) {
-    if !resp.is_null() {
-        let _ = guard("wasm_rt_response_free", || {
-            // SAFETY: `c` is the first field of the repr(C) ResponseBox.
-            drop(unsafe { Box::from_raw(resp.cast::<ResponseBox>()) });
-            Ok(())
-        });
+    // SAFETY: `c` is the first field of the repr(C) ResponseBox that
+    // `wasm_rt_run` boxed.
+    unsafe {
+        release("wasm_rt_response_free", resp, |r| {
+            drop(Box::from_raw(r.cast::<ResponseBox>()))
+        })
     }
 }
