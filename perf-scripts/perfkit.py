@@ -22,10 +22,14 @@ def _exit_on_signal(signum, _frame):
     raise SystemExit(128 + signum)
 
 
-for _sig in (signal.SIGTERM, signal.SIGHUP):
-    # Under nohup SIGHUP is ignored, and must stay so.
-    if signal.getsignal(_sig) is not signal.SIG_IGN:
-        signal.signal(_sig, _exit_on_signal)
+def handle_signals():
+    """Makes SIGTERM and SIGHUP end the calling script through its `finally`
+    blocks, which stop the servers it started. Each script calls it from its
+    main(), so that importing perfkit changes nothing."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        # Under nohup SIGHUP is ignored, and must stay so.
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _exit_on_signal)
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "perf"
