@@ -626,13 +626,19 @@ int wasm_handler(request_rec *r)
     io = apr_pcalloc(r->pool, sizeof(*io));
     io->r = r;
     io->module_path = module_path;
-    io->in = apr_brigade_create(r->pool, r->connection->bucket_alloc);
     io->out = apr_brigade_create(r->pool, r->connection->bucket_alloc);
-    ap_add_output_filter_handle(wasm_guard_filter_handle, io, r,
-                                r->connection);
     req.io.ctx = io;
-    req.io.read_body = wasm_read_body_cb;
     req.io.send_output = wasm_send_output_cb;
+    /* A request without a body (most GETs) gives the guest an empty stdin
+     * and needs no guard: only reading a body can make HTTP_IN end the
+     * response on its own. */
+    if (apr_table_get(r->headers_in, "Content-Length")
+        || apr_table_get(r->headers_in, "Transfer-Encoding")) {
+        io->in = apr_brigade_create(r->pool, r->connection->bucket_alloc);
+        ap_add_output_filter_handle(wasm_guard_filter_handle, io, r,
+                                    r->connection);
+        req.io.read_body = wasm_read_body_cb;
+    }
 
     clock_gettime(CLOCK_MONOTONIC, &started);
     wasm_rt_run(wasm_runtime, (size_t)rec->rt_index, &req, &resp);
