@@ -7,6 +7,7 @@
  */
 
 #include "mod_wasm.h"
+
 static apr_status_t wasm_response_cleanup(void *resp)
 {
     wasm_rt_response_free(resp);
@@ -40,6 +41,7 @@ typedef struct {
  * wasm_deadline_in_filter; 0: none. */
 typedef struct {
     apr_time_t deadline;
+    apr_bucket_brigade *line;   /* a line being gathered */
 } wasm_conn_deadline;
 
 static ap_filter_rec_t *wasm_guard_filter_handle;
@@ -104,7 +106,7 @@ static apr_status_t wasm_deadline_in_filter(ap_filter_t *f,
                                             apr_off_t readbytes)
 {
     wasm_conn_deadline *d = f->ctx;
-    apr_bucket_brigade *line;
+    apr_off_t remaining = HUGE_STRING_LEN;
     apr_socket_t *sock;
     apr_status_t rv;
 
@@ -126,11 +128,11 @@ static apr_status_t wasm_deadline_in_filter(ap_filter_t *f,
             }
         }
     }
-    /* A line: gather what comes until its LF. */
-    line = apr_brigade_create(f->c->pool, f->c->bucket_alloc);
+    /* A line: gather what comes until its LF, at most as much as the core
+     * reads as one line. */
     for (;;) {
         rv = ap_get_brigade(f->next, bb, AP_MODE_GETLINE, APR_NONBLOCK_READ,
-                            readbytes);
+                            remaining);
         if (rv != APR_SUCCESS && !APR_STATUS_IS_EAGAIN(rv)) {
             break;
         }
@@ -147,8 +149,8 @@ static apr_status_t wasm_deadline_in_filter(ap_filter_t *f,
                 break;
             }
             apr_brigade_length(bb, 1, &got);
-            APR_BRIGADE_CONCAT(line, bb);
-            if (APR_BUCKET_IS_METADATA(e) || (readbytes -= got) <= 0) {
+            APR_BRIGADE_CONCAT(d->line, bb);
+            if (APR_BUCKET_IS_METADATA(e) || (remaining -= got) <= 0) {
                 break;
             }
         }
@@ -157,8 +159,7 @@ static apr_status_t wasm_deadline_in_filter(ap_filter_t *f,
             break;
         }
     }
-    APR_BRIGADE_PREPEND(bb, line);
-    apr_brigade_destroy(line);
+    APR_BRIGADE_PREPEND(bb, d->line);
     return rv;
 }
 
@@ -669,6 +670,7 @@ int wasm_pre_connection(conn_rec *c, void *csd)
         return OK;
     }
     d = apr_pcalloc(c->pool, sizeof(*d));
+    d->line = apr_brigade_create(c->pool, c->bucket_alloc);
     ap_set_module_config(c->conn_config, &wasm_module, d);
     ap_add_input_filter_handle(wasm_deadline_filter_handle, d, NULL, c);
     return OK;

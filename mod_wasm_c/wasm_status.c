@@ -3,6 +3,7 @@
  */
 
 #include "mod_wasm.h"
+
 /* SetHandler wasm-status: this child's slots, requests and heap, as
  * "Key: value" lines (the runtime writes them). */
 int wasm_status_handler(request_rec *r)

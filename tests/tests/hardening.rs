@@ -515,3 +515,16 @@ fn stderr_lines_of_one_request_are_capped() {
         s.error_log()
     );
 }
+
+#[test]
+fn a_slow_client_within_the_timeout_gets_its_body_read_whole() {
+    // Chunk-size lines and data arrive in 3-byte pieces: each line must be
+    // gathered whole across the pauses.
+    let s = start(Mpm::Event, "  WasmTimeout 10\n");
+    let head = "POST /fault?count HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    let body = b"4\r\nabcd\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n";
+    let (raw, _) = trickle(s.port, head, body, 3, Duration::from_millis(40));
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("read 30\n"), "{text}");
+}
