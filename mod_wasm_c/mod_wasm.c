@@ -29,7 +29,13 @@ static int wasm_pre_config(apr_pool_t *pconf, apr_pool_t *plog,
     wasm_cache_dir = NULL;
     wasm_pool_slots = 0;
     wasm_pool_shards = 0;
-    wasm_cache_max_age = WASM_CACHE_MAX_AGE_DEFAULT;
+    /* The runtime holds every default (wasm_runtime.h). */
+    {
+        wasm_rt_defaults d;
+
+        wasm_rt_defaults_get(&d);
+        wasm_cache_max_age = apr_time_from_msec(d.cache_max_age_ms);
+    }
     return OK;
 }
 

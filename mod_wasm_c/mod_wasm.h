@@ -93,7 +93,6 @@ extern int wasm_pool_slots;     /* WasmPoolSlots, 0: ThreadsPerChild + 1 */
 extern int wasm_pool_shards;    /* WasmPoolShards, 0: auto (the runtime's) */
 extern apr_interval_time_t wasm_cache_max_age;  /* WasmCacheMaxAge */
 
-#define WASM_CACHE_MAX_AGE_DEFAULT apr_time_from_sec(24 * 3600)
 
 /* The child's runtime, created in child_init. Lives as long as the process:
  * worker threads may still be finishing requests while the child pool is

@@ -412,7 +412,7 @@ const command_rec wasm_cmds[] = {
     AP_INIT_FLAG("WasmTrapUnknownImports", wasm_cmd_trap_unknown, NULL,
                  RSRC_CONF | ACCESS_CONF,
                  "On: link imports mod_wasm does not provide as functions "
-                 "that trap when called (default Off: refuse the module)"),
+                 "that trap when called (Off: refuse the module)"),
     AP_INIT_FLAG("WasmScriptArg", ap_set_flag_slot,
                  (void *)APR_OFFSETOF(wasm_dir_conf, script_arg),
                  RSRC_CONF | ACCESS_CONF,
@@ -436,27 +436,26 @@ const command_rec wasm_cmds[] = {
                   "directory for compiled modules (server-wide)"),
     AP_INIT_TAKE1("WasmTimeout", wasm_cmd_timeout, NULL,
                   RSRC_CONF | ACCESS_CONF,
-                  "longest time one request may run (default 30s)"),
+                  "longest time one request may run, wall clock"),
     AP_INIT_TAKE1("WasmMaxMemory", wasm_cmd_size,
                   (void *)APR_OFFSETOF(wasm_dir_conf, max_memory),
                   RSRC_CONF | ACCESS_CONF,
-                  "most linear memory one request may use (default 256M)"),
+                  "most linear memory one request may use"),
     AP_INIT_TAKE1("WasmMaxOutput", wasm_cmd_size,
                   (void *)APR_OFFSETOF(wasm_dir_conf, max_output),
                   RSRC_CONF | ACCESS_CONF,
-                  "most bytes one request may write to stdout (default 64M)"),
+                  "most bytes one request may write to stdout"),
     AP_INIT_TAKE1("WasmMaxOpenFiles", wasm_cmd_max_open_files, NULL,
                   RSRC_CONF | ACCESS_CONF,
                   "most files and directories one request may have open at "
-                  "once (default 128)"),
+                  "once"),
     AP_INIT_TAKE1("WasmCacheMaxAge", wasm_cmd_cache_max_age, NULL, RSRC_CONF,
-                  "how long an unused compiled module stays cached "
-                  "(default 24h)"),
+                  "how long an unused compiled module stays cached"),
     AP_INIT_TAKE1("WasmPoolSlots", wasm_cmd_pool_slots, NULL, RSRC_CONF,
-                  "instance slots per child (default ThreadsPerChild + 1)"),
+                  "instance slots per child (unset: ThreadsPerChild + 1)"),
     AP_INIT_TAKE1("WasmPoolShards", wasm_cmd_pool_shards, NULL, RSRC_CONF,
-                  "engines a child spreads its slots over, or 'auto' "
-                  "(default: one per CPU, at most 8, at least two slots each)"),
+                  "engines a child spreads its slots over, or 'auto' (one "
+                  "per CPU, at most 8, at least two slots each)"),
     {NULL}
 };
 

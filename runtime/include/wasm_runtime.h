@@ -124,6 +124,22 @@ const char *wasm_rt_version(void);
 #define WASM_RT_ABI_VERSION 3
 uint32_t wasm_rt_abi_version(void);
 
+/*
+ * The defaults of the directives whose value the runtime decides, defined
+ * once, in the runtime: a request's limit left at 0 gets these, and the C
+ * side reads the one it applies itself (WasmCacheMaxAge) from here.
+ */
+typedef struct wasm_rt_defaults {
+    uint64_t timeout_ms;            /* WasmTimeout */
+    uint64_t max_memory;            /* WasmMaxMemory, bytes */
+    uint64_t max_output;            /* WasmMaxOutput, bytes */
+    uint64_t cache_max_age_ms;      /* WasmCacheMaxAge */
+    uint32_t max_open_files;        /* WasmMaxOpenFiles */
+} wasm_rt_defaults;
+
+/* Stores the defaults in `*out` (when not NULL). */
+void wasm_rt_defaults_get(wasm_rt_defaults *out);
+
 /* Releases a message returned through a `char **error` parameter. */
 void wasm_rt_string_free(char *s);
 

@@ -320,6 +320,42 @@ pub extern "C" fn wasm_rt_abi_version() -> u32 {
     ABI_VERSION
 }
 
+/// See `wasm_rt_defaults` in the header.
+#[repr(C)]
+pub struct wasm_rt_defaults {
+    /// `WasmTimeout`, milliseconds.
+    pub timeout_ms: u64,
+    /// `WasmMaxMemory`, bytes.
+    pub max_memory: u64,
+    /// `WasmMaxOutput`, bytes.
+    pub max_output: u64,
+    /// `WasmCacheMaxAge`, milliseconds.
+    pub cache_max_age_ms: u64,
+    /// `WasmMaxOpenFiles`.
+    pub max_open_files: u32,
+}
+
+/// The defaults of the directives the runtime decides.
+///
+/// # Safety
+/// `out` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn wasm_rt_defaults_get(out: *mut wasm_rt_defaults) {
+    use crate::limits::*;
+    if out.is_null() {
+        return;
+    }
+    let d = wasm_rt_defaults {
+        timeout_ms: DEFAULT_TIMEOUT.as_millis() as u64,
+        max_memory: DEFAULT_MAX_MEMORY as u64,
+        max_output: DEFAULT_MAX_OUTPUT as u64,
+        cache_max_age_ms: DEFAULT_CACHE_MAX_AGE.as_millis() as u64,
+        max_open_files: DEFAULT_MAX_OPEN_FILES,
+    };
+    // SAFETY: as the caller promises; nothing here can panic.
+    unsafe { out.write(d) };
+}
+
 /// Releases a string the runtime returned.
 ///
 /// # Safety

@@ -32,8 +32,9 @@ pub mod status;
 
 pub use body::{Body, BodyReader};
 pub use error::{Code, Error, Result};
+pub use limits::Limits;
 pub use pipe::OutputSink;
-pub use request::{Limits, Outcome, Preopen, Request};
+pub use request::{Outcome, Preopen, Request};
 pub use runtime::{ModuleSpec, Runtime};
 
 #[cfg(feature = "mimalloc")]

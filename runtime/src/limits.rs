@@ -1,7 +1,51 @@
-//! Parsing of the limit directives' values, so that `apachectl configtest`
-//! rejects a bad value with the directive's name.
+//! The limits of a request and the defaults of every directive whose value
+//! the runtime decides, defined here once (the C side reads them through
+//! `wasm_rt_defaults_get`, and a test checks `docs/directives.md` against
+//! them), and the parsing of the limit directives' values, so that
+//! `apachectl configtest` rejects a bad value with the directive's name.
+
+use std::time::Duration;
 
 use crate::error::{Code, Error, Result};
+
+/// Default of `WasmTimeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of `WasmMaxMemory`.
+pub const DEFAULT_MAX_MEMORY: usize = 256 << 20;
+/// Default of `WasmMaxOutput`.
+pub const DEFAULT_MAX_OUTPUT: usize = 64 << 20;
+/// Default of `WasmMaxOpenFiles`.
+pub const DEFAULT_MAX_OPEN_FILES: u32 = 128;
+/// Most stderr kept per request; the rest is dropped (and said so in the log).
+pub const MAX_STDERR: usize = 64 << 10;
+/// Default of `WasmCacheMaxAge`.
+pub const DEFAULT_CACHE_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Limits of one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Wall-clock time the guest may run.
+    pub timeout: Duration,
+    /// Most linear memory the instance may have, bytes.
+    pub max_memory: usize,
+    /// Most stdout the guest may write, bytes.
+    pub max_output: usize,
+    /// Most handles the guest may hold at once: the files and directories
+    /// it opened and the subscriptions of a `poll_oneoff` in progress (its
+    /// preopened directories and stdio not counted).
+    pub max_open_files: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: DEFAULT_TIMEOUT,
+            max_memory: DEFAULT_MAX_MEMORY,
+            max_output: DEFAULT_MAX_OUTPUT,
+            max_open_files: DEFAULT_MAX_OPEN_FILES,
+        }
+    }
+}
 
 /// Parses a byte size: digits with an optional `K`, `M` or `G` suffix
 /// (powers of 1024, case-insensitive, an optional trailing `B`).

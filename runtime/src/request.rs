@@ -20,19 +20,11 @@ use crate::engine::deadline_ticks;
 use crate::environ::Environ;
 use crate::error::{chain, Code, Error, Result};
 use crate::host::Host;
+pub use crate::limits::Limits;
+use crate::limits::MAX_STDERR;
 use crate::pipe::{CappedPipe, Output, OutputSink, Overflow};
 use crate::runtime::{Loaded, Runtime, START};
 
-/// Default of `WasmTimeout`.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default of `WasmMaxMemory`.
-pub const DEFAULT_MAX_MEMORY: usize = 256 << 20;
-/// Default of `WasmMaxOutput`.
-pub const DEFAULT_MAX_OUTPUT: usize = 64 << 20;
-/// Default of `WasmMaxOpenFiles`.
-pub const DEFAULT_MAX_OPEN_FILES: u32 = 128;
-/// Most stderr kept per request; the rest is dropped (and said so in the log).
-pub const MAX_STDERR: usize = 64 << 10;
 /// Handles WASI holds before the guest opens anything, besides one per
 /// preopened directory: stdin, stdout and stderr.
 const WASI_HANDLES: usize = 3;
@@ -46,32 +38,6 @@ pub struct Preopen {
     pub host: PathBuf,
     /// Whether the guest may only read.
     pub read_only: bool,
-}
-
-/// Limits of one request.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Wall-clock time the guest may run.
-    pub timeout: Duration,
-    /// Most linear memory the instance may have, bytes.
-    pub max_memory: usize,
-    /// Most stdout the guest may write, bytes.
-    pub max_output: usize,
-    /// Most handles the guest may hold at once: the files and directories
-    /// it opened and the subscriptions of a `poll_oneoff` in progress (its
-    /// preopened directories and stdio not counted).
-    pub max_open_files: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            timeout: DEFAULT_TIMEOUT,
-            max_memory: DEFAULT_MAX_MEMORY,
-            max_output: DEFAULT_MAX_OUTPUT,
-            max_open_files: DEFAULT_MAX_OPEN_FILES,
-        }
-    }
 }
 
 /// One environment variable: its name and value, as bytes.

@@ -43,6 +43,22 @@ fn c_code_name(c: Code) -> String {
 }
 
 #[test]
+fn the_defaults_the_c_side_reads_are_the_runtimes() {
+    use wasm_runtime::limits::*;
+    let mut d = std::mem::MaybeUninit::<wasm_rt_defaults>::uninit();
+    // SAFETY: a valid pointer to write to.
+    let d = unsafe {
+        wasm_rt_defaults_get(d.as_mut_ptr());
+        d.assume_init()
+    };
+    assert_eq!(d.timeout_ms, DEFAULT_TIMEOUT.as_millis() as u64);
+    assert_eq!(d.max_memory, DEFAULT_MAX_MEMORY as u64);
+    assert_eq!(d.max_output, DEFAULT_MAX_OUTPUT as u64);
+    assert_eq!(d.cache_max_age_ms, DEFAULT_CACHE_MAX_AGE.as_millis() as u64);
+    assert_eq!(d.max_open_files, DEFAULT_MAX_OPEN_FILES);
+}
+
+#[test]
 fn abi_version_matches() {
     let decl = format!("#define WASM_RT_ABI_VERSION {ABI_VERSION}");
     assert!(header().contains(&decl), "header lacks `{decl}`");
@@ -51,7 +67,7 @@ fn abi_version_matches() {
 /// The interface when `WASM_RT_ABI_VERSION` was last decided: the version
 /// and the first 16 hex digits of the SHA-256 of the header without
 /// comments, whitespace collapsed.
-const DECIDED: (u32, &str) = (3, "f3638b391074ac10");
+const DECIDED: (u32, &str) = (3, "330b8d97706e5d83");
 
 #[test]
 fn a_changed_interface_gets_a_decided_version() {
@@ -87,6 +103,10 @@ fn prototypes_match() {
     let protos: &[(&str, usize)] = &[
         ("const char *wasm_rt_version(void);", wasm_rt_version as extern "C" fn() -> *const c_char as usize),
         ("uint32_t wasm_rt_abi_version(void);", wasm_rt_abi_version as extern "C" fn() -> u32 as usize),
+        (
+            "void wasm_rt_defaults_get(wasm_rt_defaults *out);",
+            wasm_rt_defaults_get as unsafe extern "C" fn(*mut wasm_rt_defaults) as usize,
+        ),
         ("void wasm_rt_string_free(char *s);", wasm_rt_string_free as unsafe extern "C" fn(*mut c_char) as usize),
         (
             "int32_t wasm_rt_precompile(const char *wasm_path, const char *cache_dir, int32_t trap_unknown_imports, char **cwasm_path, int32_t *cwasm_fd, int32_t *cache_hit, uint64_t *millis, char **replaced, char **error);",
@@ -212,6 +232,16 @@ fn c_layout() -> String {
 const FIELDS: &[(&str, &[&str])] = &[
     ("wasm_rt_dir", &["guest_path", "host_path", "read_only"]),
     ("wasm_rt_chunk", &["data", "len"]),
+    (
+        "wasm_rt_defaults",
+        &[
+            "timeout_ms",
+            "max_memory",
+            "max_output",
+            "cache_max_age_ms",
+            "max_open_files",
+        ],
+    ),
     ("wasm_rt_io", &["ctx", "read_body", "send_output"]),
     (
         "wasm_rt_request",
@@ -261,6 +291,15 @@ fn struct_layouts_match() {
     let mut rust = String::new();
     rust_layout!(rust, wasm_rt_dir, guest_path, host_path, read_only);
     rust_layout!(rust, wasm_rt_chunk, data, len);
+    rust_layout!(
+        rust,
+        wasm_rt_defaults,
+        timeout_ms,
+        max_memory,
+        max_output,
+        cache_max_age_ms,
+        max_open_files
+    );
     rust_layout!(rust, wasm_rt_io, ctx, read_body, send_output);
     rust_layout!(
         rust,

@@ -408,7 +408,7 @@ fn stderr_past_its_cap_is_truncated_not_fatal() {
     let o = rt.run(0, request());
     o.result.unwrap();
     assert!(o.stderr_truncated);
-    assert_eq!(o.stderr.len(), wasm_runtime::request::MAX_STDERR);
+    assert_eq!(o.stderr.len(), wasm_runtime::limits::MAX_STDERR);
 }
 
 #[test]
