@@ -6,15 +6,23 @@ use std::fs;
 
 use e2e::root;
 
+/// The C files of the shim: name and text.
+fn shim_sources() -> Vec<(String, String)> {
+    fs::read_dir(root().join("mod_wasm_c"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "c"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, fs::read_to_string(&p).unwrap())
+        })
+        .collect()
+}
+
 /// Each `WASMLOGNO(nnnnn)` in the shim's sources, with the files using it.
 fn tags_in_sources() -> BTreeMap<u32, Vec<String>> {
     let mut tags: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-    for entry in fs::read_dir(root().join("mod_wasm_c")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "c") {
-            continue;
-        }
-        let text = fs::read_to_string(&path).unwrap();
+    for (file, text) in shim_sources() {
         for (i, _) in text.match_indices("WASMLOGNO(") {
             let digits: String = text[i + 10..]
                 .chars()
@@ -25,7 +33,7 @@ fn tags_in_sources() -> BTreeMap<u32, Vec<String>> {
             }
             tags.entry(digits.parse().unwrap())
                 .or_default()
-                .push(path.file_name().unwrap().to_string_lossy().into_owned());
+                .push(file.clone());
         }
     }
     tags
@@ -92,12 +100,7 @@ fn every_log_tag_is_used_once_and_registered() {
 /// The directives the shim registers (`AP_INIT_*("Name", ...)`).
 fn registered_directives() -> Vec<String> {
     let mut names = Vec::new();
-    for entry in fs::read_dir(root().join("mod_wasm_c")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "c") {
-            continue;
-        }
-        let text = fs::read_to_string(&path).unwrap();
+    for (_, text) in shim_sources() {
         for (i, _) in text.match_indices("AP_INIT_") {
             let rest = &text[i..];
             if let Some(q) = rest.find('"') {
