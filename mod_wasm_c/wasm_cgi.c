@@ -163,11 +163,11 @@ static apr_status_t wasm_deadline_in_filter(ap_filter_t *f,
     return rv;
 }
 
-/* Bounds a blocking read or write of the connection by what is left of the
- * request's WasmTimeout (`timeout_us`), when that is shorter than Apache's
- * own Timeout; returns the socket whose timeout was changed, or NULL. An
- * HTTP/2 stream has no socket of its own: its reads and writes keep h2's
- * timeouts. */
+/* Bounds a blocking write of the response by what is left of the request's
+ * WasmTimeout (`timeout_us`), when that is shorter than Apache's own
+ * Timeout; returns the socket whose timeout was changed, or NULL. (Reads of
+ * the body are bounded by wasm_deadline_in_filter.) An HTTP/2 stream has no
+ * socket of its own: its writes keep h2's timeouts. */
 static apr_socket_t *wasm_deadline_set(request_rec *r, uint64_t timeout_us,
                                        apr_interval_time_t *saved)
 {

@@ -20,6 +20,8 @@ use tokio::io::{AsyncRead, ReadBuf};
 use wasmtime_wasi::cli::{IsTerminal, StdinStream};
 use wasmtime_wasi::p2::{InputStream, Pollable, StreamError, StreamResult};
 
+use crate::limits::time_left;
+
 /// Most bytes one read asks the server for.
 const READ_SIZE: usize = 64 << 10;
 
@@ -90,13 +92,7 @@ impl StreamedStdin {
         if s.done || size == 0 {
             return Ok(Bytes::new());
         }
-        let left = s.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "WasmTimeout reached while reading the request body",
-            ));
-        }
+        let left = time_left(s.deadline, "reading the request body")?;
         let mut buf = BytesMut::zeroed(size.min(READ_SIZE));
         let n = s.reader.read(&mut buf, left)?;
         if n == 0 {

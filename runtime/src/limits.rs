@@ -4,7 +4,7 @@
 //! them), and the parsing of the limit directives' values, so that
 //! `apachectl configtest` rejects a bad value with the directive's name.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Code, Error, Result};
 
@@ -20,6 +20,20 @@ pub const DEFAULT_MAX_OPEN_FILES: u32 = 128;
 pub const MAX_STDERR: usize = 64 << 10;
 /// Default of `WasmCacheMaxAge`.
 pub const DEFAULT_CACHE_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// What is left of a request's time until `deadline`, for a callback into
+/// the server that may wait; a `TimedOut` error (which the run reports as
+/// `WasmTimeout`) once nothing is left, saying what was being `done`.
+pub(crate) fn time_left(deadline: Instant, done: &str) -> std::io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("WasmTimeout reached while {done}"),
+        ));
+    }
+    Ok(left)
+}
 
 /// Limits of one request.
 #[derive(Debug, Clone, Copy)]

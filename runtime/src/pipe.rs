@@ -32,6 +32,8 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
+use crate::limits::time_left;
+
 /// Writes below this size are copied into a shared block.
 const SMALL_WRITE: usize = 4096;
 /// Size of the blocks small writes are gathered in.
@@ -136,15 +138,8 @@ impl State {
             self.out.push(block);
         }
         let out = std::mem::take(&mut self.out);
-        let left = sink.deadline.saturating_duration_since(Instant::now());
-        let sent = if left.is_zero() {
-            Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "WasmTimeout reached while sending the response",
-            ))
-        } else {
-            sink.sink.send(out.chunks(), left)
-        };
+        let sent = time_left(sink.deadline, "sending the response")
+            .and_then(|left| sink.sink.send(out.chunks(), left));
         match sent {
             Ok(()) => {
                 self.sent += out.len;
