@@ -25,6 +25,7 @@ static int wasm_pre_config(apr_pool_t *pconf, apr_pool_t *plog,
                      (unsigned)wasm_rt_abi_version());
         return HTTP_INTERNAL_SERVER_ERROR;
     }
+    wasm_uses = apr_array_make(pconf, 4, sizeof(wasm_module_use *));
     wasm_modules = apr_array_make(pconf, 4, sizeof(wasm_module_rec));
     wasm_cache_dir = NULL;
     wasm_pool_slots = 0;
@@ -63,52 +64,27 @@ static int wasm_child_slots(void)
     return threads + 1;
 }
 
-/* The modules a child loads, as the runtime takes them (wasm_rt_runtime_new
- * and wasm_rt_runtime_check); sets each record's rt_index. */
-typedef struct {
-    const char **paths;
-    int32_t *fds;
-    const char **names;
-    int32_t *traps;
-    int n;
-} wasm_load_list;
-
-static void wasm_load_list_make(apr_pool_t *p, wasm_load_list *l)
+/* What the runtime of each child is built from (wasm_rt_runtime_new, and
+ * wasm_rt_runtime_check first): every module, by its index. */
+static void wasm_runtime_options(apr_pool_t *p, wasm_rt_runtime_options *o)
 {
+    wasm_rt_module_spec *specs;
     int i, n = wasm_modules->nelts;
 
-    l->paths = apr_palloc(p, (n + 1) * sizeof(*l->paths));
-    l->fds = apr_palloc(p, (n + 1) * sizeof(*l->fds));
-    l->names = apr_palloc(p, (n + 1) * sizeof(*l->names));
-    l->traps = apr_palloc(p, (n + 1) * sizeof(*l->traps));
-    l->n = 0;
+    specs = apr_pcalloc(p, (n + 1) * sizeof(*specs));
     for (i = 0; i < n; i++) {
-        wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec);
-        m->rt_index = -1;
-        if (!m->cwasm) {
-            continue;   /* replaced by a record with other link options */
-        }
-        m->rt_index = l->n;
-        l->paths[l->n] = m->cwasm;
-        l->fds[l->n] = m->fd;
-        l->names[l->n] = m->path;
-        l->traps[l->n] = m->trap_unknown;
-        l->n++;
+        const wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, i,
+                                                  wasm_module_rec);
+        specs[i].cwasm_path = m->cwasm;
+        specs[i].cwasm_fd = m->fd;
+        specs[i].trap_unknown_imports = m->trap_unknown;
+        specs[i].name = m->path;
     }
-}
-
-/* The record loaded as runtime module `index`. */
-static wasm_module_rec *wasm_module_at(int index)
-{
-    int i;
-
-    for (i = 0; i < wasm_modules->nelts; i++) {
-        wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec);
-        if (m->cwasm && m->rt_index == index) {
-            return m;
-        }
-    }
-    return NULL;
+    memset(o, 0, sizeof(*o));
+    o->modules = specs;
+    o->n_modules = n;
+    o->slots = (uint32_t)wasm_child_slots();
+    o->shards = (uint32_t)wasm_pool_shards;
 }
 
 /* `startup`: before the error log is open (APLOG_STARTUP, to stderr). */
@@ -126,28 +102,30 @@ static void wasm_log_replaced(server_rec *s, const wasm_module_rec *m,
 static int wasm_precompile_module(apr_pool_t *pconf, server_rec *s,
                                   wasm_module_rec *m)
 {
-    char *cwasm = NULL, *replaced = NULL, *error = NULL;
-    int32_t fd = -1, hit = 0;
-    uint64_t millis = 0;
+    wasm_rt_compile_options opts;
+    wasm_rt_compiled out;
+    char *error = NULL;
 
-    if (wasm_rt_precompile(m->path, wasm_cache_dir, m->trap_unknown, &cwasm,
-                           &fd, &hit, &millis, &replaced, &error)
-            != WASM_RT_OK) {
+    memset(&opts, 0, sizeof(opts));
+    opts.wasm_path = m->path;
+    opts.cache_dir = wasm_cache_dir;
+    opts.trap_unknown_imports = m->trap_unknown;
+    if (wasm_rt_precompile(&opts, &out, &error) != WASM_RT_OK) {
         ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
                      WASMLOGNO(00001) "WasmModule %s (defined at %s): %s",
                      m->path, m->defined_at, error ? error : "failed");
         wasm_rt_string_free(error);
         return HTTP_INTERNAL_SERVER_ERROR;
     }
-    m->cwasm = apr_pstrdup(pconf, cwasm);
-    m->fd = fd;
-    apr_pool_cleanup_register(pconf, (void *)(intptr_t)fd, wasm_close_fd,
+    m->cwasm = apr_pstrdup(pconf, out.cwasm_path);
+    m->fd = out.cwasm_fd;
+    apr_pool_cleanup_register(pconf, (void *)(intptr_t)m->fd, wasm_close_fd,
                               apr_pool_cleanup_null);
-    m->cache_hit = hit;
-    m->millis = millis;
-    m->replaced = replaced ? apr_pstrdup(pconf, replaced) : NULL;
-    wasm_rt_string_free(cwasm);
-    wasm_rt_string_free(replaced);
+    m->cache_hit = out.cache_hit;
+    m->millis = out.millis;
+    m->replaced = out.replaced ? apr_pstrdup(pconf, out.replaced) : NULL;
+    wasm_rt_string_free(out.cwasm_path);
+    wasm_rt_string_free(out.replaced);
     return OK;
 }
 
@@ -156,22 +134,21 @@ static int wasm_precompile_module(apr_pool_t *pconf, server_rec *s,
  * a module that does not fit it) fails the configuration instead. */
 static int wasm_check_runtime(apr_pool_t *ptemp, server_rec *s)
 {
-    wasm_load_list l;
-    wasm_module_rec *m;
+    wasm_rt_runtime_options opts;
+    const wasm_module_rec *m;
     char *error = NULL;
     int32_t module = -1;
     int slots = wasm_child_slots();
 
-    wasm_load_list_make(ptemp, &l);
-    if (l.n == 0) {
+    if (wasm_modules->nelts == 0) {
         return OK;
     }
-    if (wasm_rt_runtime_check(l.paths, l.fds, l.names, l.traps, l.n,
-                              (uint32_t)slots, (uint32_t)wasm_pool_shards,
-                              &module, &error) == WASM_RT_OK) {
+    wasm_runtime_options(ptemp, &opts);
+    if (wasm_rt_runtime_check(&opts, &module, &error) == WASM_RT_OK) {
         return OK;
     }
-    m = module >= 0 ? wasm_module_at(module) : NULL;
+    m = module >= 0 && module < wasm_modules->nelts
+        ? &APR_ARRAY_IDX(wasm_modules, module, wasm_module_rec) : NULL;
     if (m) {
         ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
                      WASMLOGNO(00049) "WasmModule %s (defined at %s): %s",
@@ -207,12 +184,10 @@ static int wasm_check_config(apr_pool_t *pconf, apr_pool_t *plog,
     if (!wasm_cache_dir) {
         wasm_cache_dir = ap_runtime_dir_relative(pconf, "mod_wasm-cache");
     }
+    wasm_modules_resolve();
     for (i = 0; i < wasm_modules->nelts; i++) {
         wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec);
 
-        if (m->refs == 0) {
-            continue;
-        }
         rv = wasm_precompile_module(pconf, s, m);
         if (rv != OK) {
             return rv;
@@ -290,24 +265,21 @@ static int wasm_post_config(apr_pool_t *pconf, apr_pool_t *plog,
 
 static void wasm_child_init(apr_pool_t *pchild, server_rec *s)
 {
-    wasm_load_list l;
+    wasm_rt_runtime_options opts;
     char *error = NULL;
 
     wasm_runtime = NULL;
     if (!wasm_modules || wasm_modules->nelts == 0) {
         return;
     }
-    wasm_load_list_make(pchild, &l);
+    wasm_runtime_options(pchild, &opts);
     /* The engine is created here, after Apache set up its signal handlers,
      * so that Wasmtime's trap handlers run first (and chain to Apache's for
      * faults that are not guest traps). The entries come from descriptors
      * this process inherited from the parent, not from the cache directory,
      * which this child's user may not be able to read and which another
      * server may have cleaned since. */
-    if (wasm_rt_runtime_new(l.paths, l.fds, l.names, l.traps, l.n,
-                            (uint32_t)wasm_child_slots(),
-                            (uint32_t)wasm_pool_shards, &wasm_runtime,
-                            &error) != WASM_RT_OK) {
+    if (wasm_rt_runtime_new(&opts, &wasm_runtime, &error) != WASM_RT_OK) {
         ap_log_error(APLOG_MARK, APLOG_CRIT, 0, s, WASMLOGNO(00004)
                      "cannot start the WebAssembly runtime in this child: %s",
                      error ? error : "unknown error");

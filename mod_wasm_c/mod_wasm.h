@@ -52,14 +52,23 @@ extern module AP_MODULE_DECLARE_DATA wasm_module;
  * one namespace, and only the module record is for it to see. */
 #pragma GCC visibility push(hidden)
 
-/* A distinct WasmModule file (and way of linking it). One record per path
- * per configuration pass, however many sections name it, so it is compiled
- * and loaded once. */
+/* One WasmModule directive: what its section runs. The section's record
+ * points to it, and so does every record merged from that section, so what
+ * check_config settles here (the index) reaches them all. */
 typedef struct {
     const char *path;        /* absolute path of the .wasm */
-    int trap_unknown;        /* WasmTrapUnknownImports On where it is set */
-    int refs;                /* sections using it; 0: nothing to load */
-    int rt_index;            /* its index in the child's runtime */
+    int trap_unknown;        /* WasmTrapUnknownImports of the section */
+    const char *defined_at;  /* "file:line" of the directive */
+    int index;               /* the module it runs, in wasm_modules; -1
+                              * until wasm_modules_resolve */
+} wasm_module_use;
+
+/* A module a child loads: one .wasm linked one way, however many sections
+ * run it, so it is compiled and loaded once. Its index in wasm_modules is
+ * its index in the child's runtime: there is no other numbering. */
+typedef struct {
+    const char *path;        /* absolute path of the .wasm */
+    int trap_unknown;        /* linked with trapping unknown imports */
     const char *defined_at;  /* "file:line" of the first WasmModule naming it */
     const char *cwasm;       /* its cache entry, once check_config ran */
     int fd;                  /* that entry, open and checked: what children
@@ -71,7 +80,7 @@ typedef struct {
 
 /* Per-directory configuration. Unset fields inherit on merge. */
 typedef struct {
-    int module;                 /* index into wasm_modules, -1: unset */
+    wasm_module_use *module;    /* WasmModule, NULL: unset */
     const char *location;       /* <Location> path the module was set in */
     apr_array_header_t *args;   /* of const char *, NULL: unset */
     apr_table_t *env;           /* WasmEnv, merged key by key */
@@ -87,7 +96,10 @@ typedef struct {
 
 /* Configuration-pass state, allocated from pconf and reset in pre_config:
  * the module is reloaded on restart, but say so explicitly. */
-extern apr_array_header_t *wasm_modules;
+extern apr_array_header_t *wasm_uses;      /* of wasm_module_use *, in
+                                            * the order of the directives */
+extern apr_array_header_t *wasm_modules;   /* of wasm_module_rec, built by
+                                            * wasm_modules_resolve */
 extern const char *wasm_cache_dir;
 extern int wasm_pool_slots;     /* WasmPoolSlots, 0: ThreadsPerChild + 1 */
 extern int wasm_pool_shards;    /* WasmPoolShards, 0: auto (the runtime's) */
@@ -103,6 +115,9 @@ extern wasm_rt_runtime *wasm_runtime;
 extern const command_rec wasm_cmds[];
 void *wasm_create_dir_conf(apr_pool_t *p, char *dir);
 void *wasm_merge_dir_conf(apr_pool_t *p, void *basev, void *addv);
+/* Once every directive is read: one wasm_modules record per distinct
+ * (path, WasmTrapUnknownImports) of wasm_uses, and each use's index. */
+void wasm_modules_resolve(void);
 
 /* wasm_env.c: fill `req` for the guest of `conf` (argv: OK or a status). */
 void wasm_split_location(request_rec *r, const char *location);

@@ -558,7 +558,7 @@ int wasm_handler(request_rec *r)
     wasm_rt_request req;
     wasm_rt_response *resp = NULL;
     wasm_io *io;
-    int32_t reads_env = 1;
+    wasm_rt_module_info info;
     struct timespec started, ended;
     int status;
 
@@ -566,14 +566,14 @@ int wasm_handler(request_rec *r)
         return DECLINED;
     }
     conf = ap_get_module_config(r->per_dir_config, &wasm_module);
-    if (conf->module < 0 || !wasm_modules
-        || conf->module >= wasm_modules->nelts) {
+    if (!conf->module || conf->module->index < 0 || !wasm_modules
+        || conf->module->index >= wasm_modules->nelts) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, WASMLOGNO(00040)
                       "SetHandler wasm-handler without a WasmModule for %s",
                       r->uri);
         return HTTP_INTERNAL_SERVER_ERROR;
     }
-    rec = &APR_ARRAY_IDX(wasm_modules, conf->module, wasm_module_rec);
+    rec = &APR_ARRAY_IDX(wasm_modules, conf->module->index, wasm_module_rec);
     module_path = rec->path;
     if (!wasm_runtime) {
         wasm_log_no_runtime(r, module_path);
@@ -608,8 +608,8 @@ int wasm_handler(request_rec *r)
     }
     /* A module that cannot read an environment does not get one: building
      * the CGI variables is a good part of a small request's cost. */
-    if (wasm_rt_module_reads_env(wasm_runtime, (size_t)rec->rt_index,
-                                 &reads_env) != WASM_RT_OK || reads_env) {
+    if (wasm_rt_module_info_get(wasm_runtime, (size_t)conf->module->index,
+                                &info) != WASM_RT_OK || info.reads_env) {
         wasm_build_env(r, conf, module_path, &req);
     }
     if (conf->dirs) {
@@ -642,7 +642,7 @@ int wasm_handler(request_rec *r)
     }
 
     clock_gettime(CLOCK_MONOTONIC, &started);
-    wasm_rt_run(wasm_runtime, (size_t)rec->rt_index, &req, &resp);
+    wasm_rt_run(wasm_runtime, (size_t)conf->module->index, &req, &resp);
     clock_gettime(CLOCK_MONOTONIC, &ended);
     /* For the access log: %{wasm-run-us}n is the guest's share of %D
      * (monotonic: a clock step must not make it negative). */

@@ -7,6 +7,7 @@
 
 /* Configuration-pass state, allocated from pconf and reset in pre_config
  * (see mod_wasm.h). */
+apr_array_header_t *wasm_uses;
 apr_array_header_t *wasm_modules;
 const char *wasm_cache_dir;
 int wasm_pool_slots;     /* WasmPoolSlots, 0: ThreadsPerChild + 1 */
@@ -17,7 +18,6 @@ wasm_rt_runtime *wasm_runtime;
 void *wasm_create_dir_conf(apr_pool_t *p, char *dir)
 {
     wasm_dir_conf *conf = apr_pcalloc(p, sizeof(*conf));
-    conf->module = -1;
     conf->trap_unknown = -1;
     conf->script_arg = -1;
     conf->env = apr_table_make(p, 4);
@@ -61,7 +61,7 @@ void *wasm_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     const wasm_dir_conf *base = basev, *add = addv;
     wasm_dir_conf *conf = apr_pcalloc(p, sizeof(*conf));
 
-    if (add->module >= 0) {
+    if (add->module) {
         conf->module = add->module;
         conf->location = add->location;
     }
@@ -106,28 +106,32 @@ static const char *wasm_enclosing_location(cmd_parms *cmd)
     return cmd->path;
 }
 
-/* The index of the record for (path, trap_unknown), created if new. */
-static int wasm_register_module(cmd_parms *cmd, const char *path,
-                                int trap_unknown)
+void wasm_modules_resolve(void)
 {
-    wasm_module_rec *m;
-    int i;
+    int i, j;
 
-    for (i = 0; i < wasm_modules->nelts; i++) {
-        m = &APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec);
-        if (!strcmp(m->path, path) && m->trap_unknown == trap_unknown) {
-            m->refs++;
-            return i;
+    apr_array_clear(wasm_modules);
+    for (i = 0; i < wasm_uses->nelts; i++) {
+        wasm_module_use *use = APR_ARRAY_IDX(wasm_uses, i, wasm_module_use *);
+        wasm_module_rec *m = NULL;
+
+        for (j = 0; j < wasm_modules->nelts; j++) {
+            m = &APR_ARRAY_IDX(wasm_modules, j, wasm_module_rec);
+            if (!strcmp(m->path, use->path)
+                && m->trap_unknown == use->trap_unknown) {
+                break;
+            }
         }
+        if (j == wasm_modules->nelts) {
+            m = apr_array_push(wasm_modules);
+            memset(m, 0, sizeof(*m));
+            m->path = use->path;
+            m->trap_unknown = use->trap_unknown;
+            m->defined_at = use->defined_at;
+            m->fd = -1;
+        }
+        use->index = j;
     }
-    m = apr_array_push(wasm_modules);
-    memset(m, 0, sizeof(*m));
-    m->path = path;
-    m->trap_unknown = trap_unknown;
-    m->refs = 1;
-    m->fd = -1;
-    m->defined_at = wasm_where(cmd);
-    return wasm_modules->nelts - 1;
 }
 
 static const char *wasm_cmd_module(cmd_parms *cmd, void *dconf,
@@ -145,12 +149,11 @@ static const char *wasm_cmd_module(cmd_parms *cmd, void *dconf,
         return apr_psprintf(cmd->pool, "WasmModule: invalid path '%s'", arg);
     }
     /* One module per section: a second one would silently win. */
-    if (conf->module >= 0) {
-        const wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, conf->module,
-                                                  wasm_module_rec);
+    if (conf->module) {
         return apr_psprintf(cmd->pool, "WasmModule: this section already "
                             "runs %s; a section runs one module (use another "
-                            "<Location> or <Directory> for %s)", m->path, path);
+                            "<Location> or <Directory> for %s)",
+                            conf->module->path, path);
     }
     rv = apr_stat(&finfo, path, APR_FINFO_TYPE, cmd->temp_pool);
     if (rv != APR_SUCCESS || finfo.filetype != APR_REG) {
@@ -174,7 +177,12 @@ static const char *wasm_cmd_module(cmd_parms *cmd, void *dconf,
                             "(no \\0asm header)", path);
     }
 
-    conf->module = wasm_register_module(cmd, path, conf->trap_unknown == 1);
+    conf->module = apr_pcalloc(cmd->pool, sizeof(*conf->module));
+    conf->module->path = path;
+    conf->module->trap_unknown = conf->trap_unknown == 1;
+    conf->module->defined_at = wasm_where(cmd);
+    conf->module->index = -1;
+    APR_ARRAY_PUSH(wasm_uses, wasm_module_use *) = conf->module;
     conf->location = wasm_enclosing_location(cmd);
     return NULL;
 }
@@ -185,11 +193,8 @@ static const char *wasm_cmd_trap_unknown(cmd_parms *cmd, void *dconf, int on)
     wasm_dir_conf *conf = dconf;
 
     conf->trap_unknown = on;
-    if (conf->module >= 0) {
-        wasm_module_rec *old = &APR_ARRAY_IDX(wasm_modules, conf->module,
-                                              wasm_module_rec);
-        old->refs--;
-        conf->module = wasm_register_module(cmd, old->path, on);
+    if (conf->module) {
+        conf->module->trap_unknown = on;
     }
     return NULL;
 }

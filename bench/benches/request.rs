@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mod_wasm_bench::{request, runtime, runtime_sharded};
-use wasm_runtime::engine::Flavor;
+use mod_wasm_bench::{request, runtime, runtime_with};
+use wasm_runtime::engine::EngineOptions;
+use wasm_runtime::RuntimeOptions;
 
 const ENV: usize = 22;
 
@@ -19,7 +20,7 @@ fn hello_variants(c: &mut Criterion) {
         ("ondemand+epochs", false, true),
         ("ondemand", false, false),
     ] {
-        let rt = runtime(&["hello"], 4, Flavor { pooling, epochs });
+        let rt = runtime(&["hello"], 4, EngineOptions { pooling, epochs });
         g.bench_function(name, |b| {
             b.iter(|| {
                 let o = rt.run(0, request(ENV, "", Bytes::new()));
@@ -34,7 +35,7 @@ fn hello_variants(c: &mut Criterion) {
 fn env_scaling(c: &mut Criterion) {
     // A guest that calls getenv, so every variable is laid out and copied
     // into it (hello does not import the environment and is never given one).
-    let rt = runtime(&["respond"], 4, Flavor::default());
+    let rt = runtime(&["respond"], 4, EngineOptions::default());
     let mut g = c.benchmark_group("env_vars");
     for n in [10, 50, 200] {
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
@@ -45,7 +46,7 @@ fn env_scaling(c: &mut Criterion) {
 }
 
 fn body_sizes(c: &mut Criterion) {
-    let rt = runtime(&["echo"], 4, Flavor::default());
+    let rt = runtime(&["echo"], 4, EngineOptions::default());
     let mut g = c.benchmark_group("request_body");
     for size in [0usize, 64 << 10, 1 << 20] {
         let body = Bytes::from(vec![b'x'; size]);
@@ -62,7 +63,7 @@ fn body_sizes(c: &mut Criterion) {
 }
 
 fn response_sizes(c: &mut Criterion) {
-    let rt = runtime(&["respond"], 4, Flavor::default());
+    let rt = runtime(&["respond"], 4, EngineOptions::default());
     let mut g = c.benchmark_group("response_body");
     for size in [13usize, 64 << 10, 1 << 20] {
         let query = format!("big={size}");
@@ -77,8 +78,14 @@ fn response_sizes(c: &mut Criterion) {
 /// Time per request with `threads` threads sharing one runtime, whose pool
 /// is sharded as in a server child (one engine per CPU) or kept in one engine.
 fn threads(c: &mut Criterion) {
-    let sharded = Arc::new(runtime(&["hello"], 8, Flavor::default()));
-    let single = Arc::new(runtime_sharded(&["hello"], 8, Some(1), Flavor::default()));
+    let sharded = Arc::new(runtime(&["hello"], 8, EngineOptions::default()));
+    let single = Arc::new(runtime_with(
+        &["hello"],
+        RuntimeOptions {
+            shards: Some(1),
+            ..RuntimeOptions::with_slots(8)
+        },
+    ));
     let mut g = c.benchmark_group("threads");
     for (name, n, rt) in [
         ("1", 1u64, &sharded),

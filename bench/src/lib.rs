@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use wasm_runtime::cache::{precompile_with, Options};
-use wasm_runtime::engine::Flavor;
-use wasm_runtime::request::EnvVar;
-use wasm_runtime::{Body, ModuleSpec, Request, Runtime};
+use wasm_runtime::cgi::EnvVar;
+use wasm_runtime::engine::EngineOptions;
+use wasm_runtime::{Body, ModuleSpec, Request, Runtime, RuntimeOptions};
 
 /// A guest from `build/guests/`; run `make all` first.
 pub fn guest(name: &str) -> PathBuf {
@@ -30,19 +30,20 @@ fn production_env() {
     std::env::remove_var("RUST_LIB_BACKTRACE");
 }
 
-/// A runtime with the given guests, for engine variant `flavor`.
-pub fn runtime(guests: &[&str], slots: u32, flavor: Flavor) -> Runtime {
-    runtime_sharded(guests, slots, None, flavor)
+/// A runtime with the given guests and `slots` slots, for engine variant
+/// `engine`.
+pub fn runtime(guests: &[&str], slots: u32, engine: EngineOptions) -> Runtime {
+    runtime_with(
+        guests,
+        RuntimeOptions {
+            engine,
+            ..RuntimeOptions::with_slots(slots)
+        },
+    )
 }
 
-/// [`runtime`] with the pool split into `shards` engines (`None`: as a
-/// server child would choose).
-pub fn runtime_sharded(
-    guests: &[&str],
-    slots: u32,
-    shards: Option<u32>,
-    flavor: Flavor,
-) -> Runtime {
+/// A runtime with the given guests, built as `options` say.
+pub fn runtime_with(guests: &[&str], options: RuntimeOptions) -> Runtime {
     production_env();
     let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../build/bench-cache");
     let specs: Vec<_> = guests
@@ -52,7 +53,7 @@ pub fn runtime_sharded(
                 &guest(g),
                 &cache,
                 &Options {
-                    flavor,
+                    engine: options.engine,
                     ..Options::default()
                 },
             )
@@ -62,7 +63,7 @@ pub fn runtime_sharded(
             trap_unknown_imports: false,
         })
         .collect();
-    Runtime::new_sharded(&specs, slots, shards, flavor).unwrap()
+    Runtime::new(&specs, &options).unwrap()
 }
 
 /// A runtime with one interpreter from `build/interp/` (`make all` fetches
@@ -104,7 +105,11 @@ pub fn runtime_for(
             .into(),
         trap_unknown_imports,
     };
-    Runtime::new_sharded(&[spec], slots, shards, Flavor::default()).unwrap()
+    let options = RuntimeOptions {
+        shards,
+        ..RuntimeOptions::with_slots(slots)
+    };
+    Runtime::new(&[spec], &options).unwrap()
 }
 
 /// A request with `n_env` environment variables shaped like Apache's CGI

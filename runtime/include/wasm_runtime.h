@@ -1,7 +1,8 @@
 /*
  * wasm_runtime.h: the C ABI of libwasm_runtime, the Rust half of mod_wasm.
  *
- * This header is the one contract between mod_wasm.c and the runtime.
+ * This header is the one contract between the C shim (mod_wasm_c/) and the
+ * runtime.
  * runtime/src/ffi.rs implements it, and a unit test of the runtime checks
  * that every declaration below matches the Rust side.
  *
@@ -121,7 +122,7 @@ const char *wasm_rt_version(void);
  * whose wasm_rt_abi_version() differs from the WASM_RT_ABI_VERSION it was
  * compiled with (a mismatched pair would misread arguments, not fail).
  */
-#define WASM_RT_ABI_VERSION 3
+#define WASM_RT_ABI_VERSION 4
 uint32_t wasm_rt_abi_version(void);
 
 /*
@@ -143,28 +144,40 @@ void wasm_rt_defaults_get(wasm_rt_defaults *out);
 /* Releases a message returned through a `char **error` parameter. */
 void wasm_rt_string_free(char *s);
 
+/* What to compile, and how (wasm_rt_precompile). */
+typedef struct wasm_rt_compile_options {
+    const char *wasm_path;
+    const char *cache_dir;
+    int32_t trap_unknown_imports;   /* 1: imports mod_wasm does not provide
+                                     * become functions that trap */
+} wasm_rt_compile_options;
+
+/* What wasm_rt_precompile produced. */
+typedef struct wasm_rt_compiled {
+    char *cwasm_path;               /* the entry (wasm_rt_string_free) */
+    int32_t cwasm_fd;               /* the entry, open: the caller closes it */
+    int32_t cache_hit;              /* 1 if nothing was compiled */
+    uint64_t millis;                /* time taken */
+    char *replaced;                 /* NULL, or why an existing entry was
+                                     * compiled again (wasm_rt_string_free) */
+} wasm_rt_compiled;
+
 /*
- * Compiles `wasm_path` into `cache_dir` unless an intact, up-to-date entry
- * exists, in a forked child process so that the caller (Apache's parent)
- * keeps no Wasmtime state, signal handlers or threads, and checks that
- * mod_wasm can link it (with `trap_unknown_imports`, imports it does not
- * provide become functions that trap when called). An entry whose contents
- * do not match the digest recorded when it was written is never used: it is
+ * Compiles `opts->wasm_path` into `opts->cache_dir` unless an intact,
+ * up-to-date entry exists, in a forked child process so that the caller
+ * (Apache's parent) keeps no Wasmtime state, signal handlers or threads,
+ * and checks that mod_wasm can link it. An entry whose contents do not
+ * match the digest recorded when it was written is never used: it is
  * compiled again, or the call fails naming it when it cannot be replaced.
  *
- * On success `*cwasm_path` receives the entry's path (free with
- * wasm_rt_string_free); `*cwasm_fd` a read-only, close-on-exec descriptor
- * of the entry, opened and checked against its digest in the calling
- * process, which the caller owns and closes: children that inherit it load
- * the module from it (see wasm_rt_runtime_new), so the name may be deleted
- * or replaced meanwhile; `*cache_hit` 1 if nothing was compiled; `*millis`
- * the time taken; `*replaced` NULL, or why an entry that existed was
- * compiled again (worth a warning; free with wasm_rt_string_free).
+ * On success `*out` holds the entry's path and a read-only, close-on-exec
+ * descriptor of it, opened and checked against its digest in the calling
+ * process: children that inherit it load the module from it (see
+ * wasm_rt_runtime_new), so the name may be deleted or replaced meanwhile.
+ * `replaced` is worth a warning. On failure `*out` holds NULLs and -1.
  */
-int32_t wasm_rt_precompile(const char *wasm_path, const char *cache_dir,
-                           int32_t trap_unknown_imports, char **cwasm_path,
-                           int32_t *cwasm_fd, int32_t *cache_hit,
-                           uint64_t *millis, char **replaced, char **error);
+int32_t wasm_rt_precompile(const wasm_rt_compile_options *opts,
+                           wasm_rt_compiled *out, char **error);
 
 /*
  * Removes the `.cwasm` entries of `cache_dir` that are not among the `n`
@@ -183,37 +196,44 @@ int32_t wasm_rt_cache_prune(const char *cache_dir, const char *const *keep,
  */
 int32_t wasm_rt_parse_size(const char *text, uint64_t *out, char **error);
 
+/* One module a child loads (wasm_rt_runtime_options). */
+typedef struct wasm_rt_module_spec {
+    const char *cwasm_path;         /* its cache entry */
+    int32_t cwasm_fd;               /* that entry, open (from
+                                     * wasm_rt_precompile; duplicated, not
+                                     * taken), or -1 to open it by path */
+    int32_t trap_unknown_imports;   /* as it was compiled */
+    const char *name;               /* how log messages name it */
+} wasm_rt_module_spec;
+
+/* What a child's runtime is built from. */
+typedef struct wasm_rt_runtime_options {
+    const wasm_rt_module_spec *modules;  /* module i is index i in wasm_rt_run */
+    size_t n_modules;
+    uint32_t slots;                 /* instance slots in all: the most
+                                     * requests the child runs at once */
+    uint32_t shards;                /* engines they are spread over; 0: one
+                                     * per CPU, at most 8, at least two slots
+                                     * each; never more than `slots` */
+} wasm_rt_runtime_options;
+
 /*
- * Creates the runtime of one child process: loads each of the `n` cache
- * entries (named `names[i]` in log messages, linked with trapping stubs for
- * unknown imports when `trap_unknown_imports[i]`) into `shards` engines (0:
- * one per CPU, at most 8, at least two slots each; never more than `slots`)
- * whose instance pools share exactly `slots` slots (the most requests it can
- * run at once), and starts their epoch thread. Module i is index i in
- * wasm_rt_run. Entry i is loaded from descriptor `cwasm_fds[i]` (from
- * wasm_rt_precompile; it is duplicated, not taken) unless that is -1 or
- * `cwasm_fds` is NULL, else opened by its path `cwasm_paths[i]`.
+ * Creates the runtime of one child process: loads every module into each
+ * shard's engine, whose instance pools share exactly `slots` slots, and
+ * starts their epoch thread.
  */
-int32_t wasm_rt_runtime_new(const char *const *cwasm_paths,
-                            const int32_t *cwasm_fds,
-                            const char *const *names,
-                            const int32_t *trap_unknown_imports, size_t n,
-                            uint32_t slots, uint32_t shards,
+int32_t wasm_rt_runtime_new(const wasm_rt_runtime_options *opts,
                             wasm_rt_runtime **out, char **error);
 
 /*
  * Builds, in a forked child process, the runtime wasm_rt_runtime_new would
- * build with the same arguments, and throws it away: what would fail in
+ * build with the same options, and throws it away: what would fail in
  * every child fails here, at configuration time. On failure `*module` is
  * the index of the module at fault, or -1 when the instance pool itself
  * cannot be reserved (the message then says how much address space
  * `slots` slots need and what `ulimit -v` allows).
  */
-int32_t wasm_rt_runtime_check(const char *const *cwasm_paths,
-                              const int32_t *cwasm_fds,
-                              const char *const *names,
-                              const int32_t *trap_unknown_imports, size_t n,
-                              uint32_t slots, uint32_t shards,
+int32_t wasm_rt_runtime_check(const wasm_rt_runtime_options *opts,
                               int32_t *module, char **error);
 
 /*
@@ -226,16 +246,27 @@ int32_t wasm_rt_status(const wasm_rt_runtime *rt, char **text, char **error);
 /* Destroys a runtime; no request may be running. */
 void wasm_rt_runtime_free(wasm_rt_runtime *rt);
 
-/*
- * Stores in `*reads_env` 1 when module `module` imports WASI's environment
- * calls, else 0. A module that does not can never see an environment, so
- * the caller may skip building one (wasm_rt_run ignores it anyway).
- */
-int32_t wasm_rt_module_reads_env(const wasm_rt_runtime *rt, size_t module,
-                                 int32_t *reads_env);
+/* How requests run a module, decided when it is loaded. */
+typedef enum wasm_rt_kind {
+    WASM_RT_KIND_COMMAND = 1        /* a WASI preview-1 command, run CGI-style
+                                     * (wasm_rt_run) */
+} wasm_rt_kind;
+
+/* What a loaded module is. */
+typedef struct wasm_rt_module_info {
+    int32_t kind;                   /* a wasm_rt_kind */
+    int32_t reads_env;              /* 1 when it imports WASI's environment
+                                     * calls; one that does not can never
+                                     * see an environment, so the caller may
+                                     * skip building one */
+} wasm_rt_module_info;
+
+/* Stores what module `module` is in `*out`. */
+int32_t wasm_rt_module_info_get(const wasm_rt_runtime *rt, size_t module,
+                                wasm_rt_module_info *out);
 
 /*
- * Runs module `module` for one request. Always stores a response in `*out`
+ * Runs module `module`, a WASM_RT_KIND_COMMAND, for one CGI request. Always stores a response in `*out`
  * (unless `out` is NULL), also on failure, and returns its code.
  * Safe to call from many threads at once.
  */

@@ -24,10 +24,10 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::{Digest, Sha256};
 use wasmtime::{Engine, Module};
 
+use crate::cgi::host;
 use crate::digest::{self, Damage, Record};
-use crate::engine::{compile_engine, Flavor};
+use crate::engine::{compile_engine, EngineOptions};
 use crate::error::{chain, Code, Error, Result};
-use crate::host;
 
 /// Suffix of cache entries.
 pub const EXTENSION: &str = "cwasm";
@@ -120,7 +120,7 @@ fn entry_name(engine: &Engine, wasm_path: &Path, wasm: &[u8]) -> String {
 ///
 /// This creates a Wasmtime engine, which installs signal handlers and may
 /// start compilation threads: in Apache call it through
-/// [`crate::isolate::precompile_isolated`], never in the parent itself.
+/// [`crate::forked::precompile_forked`], never in the parent itself.
 ///
 /// # Errors
 /// [`Code::Io`] if the module cannot be read or the cache cannot be written
@@ -134,7 +134,7 @@ pub fn precompile(wasm_path: &Path, cache_dir: &Path) -> Result<Compiled> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Options {
     /// Engine variant (benchmarks; production uses the default).
-    pub flavor: Flavor,
+    pub engine: EngineOptions,
     /// Link imports mod_wasm does not provide as functions that trap when
     /// called (`WasmTrapUnknownImports On`), instead of refusing the module.
     pub trap_unknown_imports: bool,
@@ -149,7 +149,7 @@ pub fn precompile_with(wasm_path: &Path, cache_dir: &Path, opts: &Options) -> Re
             format!("cannot read {}: {e}", wasm_path.display()),
         )
     })?;
-    let engine = compile_engine(opts.flavor)?;
+    let engine = compile_engine(opts.engine)?;
     let path = cache_dir.join(entry_name(&engine, wasm_path, &wasm));
     let (module, file, hit, replaced) = match load_cached(&engine, &path) {
         Ok((module, file)) => {
@@ -403,7 +403,7 @@ pub fn prune(cache_dir: &Path, keep: &[PathBuf], max_age: Duration) -> Result<us
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::{ModuleSpec, Runtime};
+    use crate::runtime::{ModuleSpec, Runtime, RuntimeOptions};
 
     const HELLO: &str = r#"(module
         (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
@@ -437,7 +437,7 @@ mod tests {
             name: "m.wasm".into(),
             trap_unknown_imports: trap,
         };
-        match Runtime::build(&[spec], 1, None, Flavor::default()) {
+        match Runtime::build(&[spec], &RuntimeOptions::with_slots(1)) {
             Ok(rt) => {
                 assert_eq!(rt.module_count(), 1);
                 Ok(())

@@ -22,16 +22,16 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Engine variants. Production always uses the default (pooling and epochs
 /// on); the others exist so benchmarks can measure what each costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Flavor {
+pub struct EngineOptions {
     /// Pooling allocator (true) or on-demand allocation (false).
     pub pooling: bool,
     /// Epoch interruption (true), which `WasmTimeout` needs.
     pub epochs: bool,
 }
 
-impl Default for Flavor {
+impl Default for EngineOptions {
     fn default() -> Self {
-        Flavor {
+        EngineOptions {
             pooling: true,
             epochs: true,
         }
@@ -39,10 +39,10 @@ impl Default for Flavor {
 }
 
 /// Settings every engine shares; they decide whether a `.cwasm` is usable.
-pub fn base_config(flavor: Flavor) -> Config {
+pub fn base_config(engine_options: EngineOptions) -> Config {
     let mut config = Config::new();
     // Epochs rather than fuel: a check at loop heads and calls, ~2% on C guests.
-    config.epoch_interruption(flavor.epochs);
+    config.epoch_interruption(engine_options.epochs);
     // Interpreters built with exception handling (e.g. MicroPython) need it;
     // it costs nothing for modules that do not use it.
     config.wasm_exceptions(true);
@@ -54,9 +54,9 @@ pub fn base_config(flavor: Flavor) -> Config {
 ///
 /// Creating it installs Wasmtime's signal handlers in the calling process, so
 /// it is only ever created in a short-lived compiler process (see
-/// `isolate.rs`) or in tests.
-pub fn compile_engine(flavor: Flavor) -> Result<Engine> {
-    let mut config = base_config(flavor);
+/// `forked.rs`) or in tests.
+pub fn compile_engine(engine_options: EngineOptions) -> Result<Engine> {
+    let mut config = base_config(engine_options);
     config.parallel_compilation(true);
     Engine::new(&config).map_err(|e| Error::new(Code::Internal, chain(&e)))
 }
@@ -103,8 +103,8 @@ const MAX_INSTANCE_SIZE: usize = 16 << 20;
 const KEEP_RESIDENT: usize = 128 << 10;
 
 /// The engine a child process runs requests with: pooling allocator sized by
-/// `pool` (unless `flavor` says otherwise), epoch interruption on.
-pub fn runtime_engine(pool: &PoolSize, flavor: Flavor) -> Result<Engine> {
+/// `pool` (unless `engine_options` says otherwise), epoch interruption on.
+pub fn runtime_engine(pool: &PoolSize, engine_options: EngineOptions) -> Result<Engine> {
     let mut p = PoolingAllocationConfig::new();
     p.total_core_instances(pool.slots)
         .total_memories(pool.slots * pool.max_memories_per_module)
@@ -112,7 +112,7 @@ pub fn runtime_engine(pool: &PoolSize, flavor: Flavor) -> Result<Engine> {
         // GC heaps are reserved like memories; keep them from dwarfing the pool.
         .total_gc_heaps(pool.slots)
         .total_component_instances(0)
-        // Guests run on fiber stacks (see `request.rs`): one per slot.
+        // Guests run on fiber stacks (see `cgi/run.rs`): one per slot.
         .total_stacks(pool.slots)
         .max_memories_per_module(pool.max_memories_per_module)
         .max_tables_per_module(pool.max_tables_per_module)
@@ -123,8 +123,8 @@ pub fn runtime_engine(pool: &PoolSize, flavor: Flavor) -> Result<Engine> {
         // Where the kernel can tell which pages a request dirtied (Linux 6.7+),
         // reset only those instead of the whole kept-resident prefix.
         .pagemap_scan(Enabled::Auto);
-    let mut config = base_config(flavor);
-    if flavor.pooling {
+    let mut config = base_config(engine_options);
+    if engine_options.pooling {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
     }
     // Children never compile: a stray compilation must not spawn threads.
@@ -158,8 +158,12 @@ pub struct Reservation {
 /// slots and reads the growth of this process's address space, so it is
 /// meant for error messages in a throw-away process. `None` when the
 /// measurement fails.
-pub fn pool_reservation(pool: &PoolSize, shares: &[u32], flavor: Flavor) -> Option<Reservation> {
-    let with = |slots| reserved_by(&PoolSize { slots, ..*pool }, flavor);
+pub fn pool_reservation(
+    pool: &PoolSize,
+    shares: &[u32],
+    engine_options: EngineOptions,
+) -> Option<Reservation> {
+    let with = |slots| reserved_by(&PoolSize { slots, ..*pool }, engine_options);
     let one = with(1)?;
     let per_slot = with(2)?.checked_sub(one)?;
     let fixed = one.saturating_sub(per_slot);
@@ -172,9 +176,9 @@ pub fn pool_reservation(pool: &PoolSize, shares: &[u32], flavor: Flavor) -> Opti
 
 /// How much this process's address space grows while an engine with `pool`
 /// exists.
-fn reserved_by(pool: &PoolSize, flavor: Flavor) -> Option<u64> {
+fn reserved_by(pool: &PoolSize, engine_options: EngineOptions) -> Option<u64> {
     let before = address_space()?;
-    let engine = runtime_engine(pool, flavor).ok()?;
+    let engine = runtime_engine(pool, engine_options).ok()?;
     let after = address_space()?;
     drop(engine);
     after.checked_sub(before)

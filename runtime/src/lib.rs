@@ -3,27 +3,30 @@
 //! Apache's C module (`mod_wasm_c/`) hands configuration and requests to this
 //! library through the C ABI in `include/wasm_runtime.h` (see [`ffi`]).
 //! At configuration time modules are compiled once into a cache ([`cache`],
-//! in a throw-away process: [`isolate`]; every entry is checked against its
+//! in a throw-away process: [`forked`]; every entry is checked against its
 //! digest before it is used: [`digest`]); every child process then loads them
-//! into a pooled engine ([`runtime`]) and runs each request in a fresh store
-//! ([`request`]), its body read ([`body`]) and its output sent ([`pipe`])
-//! through the server while the guest runs.
+//! into pooled engines ([`runtime`]), each module with the [`executor`] that
+//! serves it, and runs each request in a fresh store. What every kind of
+//! module shares: the slot lease ([`runtime`], [`shard`]), the [`limits`],
+//! the classification of how a run ended ([`outcome`]), the request body
+//! read ([`body`]) and the output sent ([`pipe`]) through the server while
+//! the guest runs, the [`status`] page. WASI preview-1 commands served
+//! CGI-style live in [`cgi`].
 
 #![deny(missing_docs)]
 
 pub mod body;
 pub mod cache;
+pub mod cgi;
 pub mod digest;
 pub mod engine;
-pub mod environ;
 pub mod error;
+pub mod executor;
 pub mod ffi;
-pub mod host;
-pub mod isolate;
+pub mod forked;
 pub mod limits;
+pub mod outcome;
 pub mod pipe;
-pub mod poll;
-pub mod request;
 pub mod runtime;
 #[doc(hidden)]
 pub mod scratch;
@@ -31,11 +34,11 @@ pub mod shard;
 pub mod status;
 
 pub use body::{Body, BodyReader};
+pub use cgi::{Outcome, Preopen, Request};
 pub use error::{Code, Error, Result};
 pub use limits::Limits;
 pub use pipe::OutputSink;
-pub use request::{Outcome, Preopen, Request};
-pub use runtime::{ModuleSpec, Runtime};
+pub use runtime::{ModuleSpec, Runtime, RuntimeOptions};
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]

@@ -61,6 +61,16 @@ impl Default for Limits {
     }
 }
 
+/// `bytes` in the unit an operator would write in a directive.
+pub(crate) fn human_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} bytes"),
+    }
+}
+
 /// Parses a byte size: digits with an optional `K`, `M` or `G` suffix
 /// (powers of 1024, case-insensitive, an optional trailing `B`).
 ///

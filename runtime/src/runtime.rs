@@ -1,16 +1,21 @@
 //! The per-child runtime: pooled engines (one per shard), their epoch
-//! ticker, and one `InstancePre` per configured module in each, shared by
-//! every worker thread.
+//! ticker, and every configured module loaded into each, shared by every
+//! worker thread; and what every request goes through before its module's
+//! executor runs it (see `executor.rs`): the module found, its memory
+//! checked against the request's limit, a slot leased.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use wasmtime::{Engine, ExternType, InstancePre, Linker, Module, ModuleExport};
+use wasmtime::{Engine, Module, Store};
 
 use crate::cache::Entry;
-use crate::engine::{format_size, pool_reservation, runtime_engine, Flavor, PoolSize, Ticker};
-use crate::environ;
+use crate::engine::{
+    deadline_ticks, format_size, pool_reservation, runtime_engine, EngineOptions, PoolSize, Ticker,
+};
 use crate::error::{chain, Code, Error, Result};
-use crate::host::{self, Host};
+use crate::executor::{Linkers, Loaded};
+use crate::limits::{human_size, Limits};
 use crate::shard::{auto_shards, split, take, HomeShards, SlotCounter};
 use crate::status::ShardStatus;
 
@@ -26,21 +31,28 @@ pub struct ModuleSpec {
     pub trap_unknown_imports: bool,
 }
 
-/// A module ready to instantiate.
-pub struct Loaded {
-    /// How logs refer to the module.
-    pub name: String,
-    /// Imports resolved once; instantiating from it is a table copy.
-    pub pre: InstancePre<Host>,
-    /// Bytes of linear memory the module starts with.
-    pub min_memory: u64,
-    /// `_start`, found and type-checked once, so that a request does not
-    /// look the entry up by name (`None`: the module has no such command
-    /// entry; a request that names it fails with the reason).
-    pub(crate) start: Option<ModuleExport>,
-    /// Whether the module imports WASI's environment calls. One that does
-    /// not can never see an environment, so the server need not build it.
-    pub(crate) reads_env: bool,
+/// How a child's runtime is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeOptions {
+    /// Instance slots in all shards: the most requests the child runs at
+    /// once (`WasmPoolSlots`).
+    pub slots: u32,
+    /// Engines the slots are spread over (`WasmPoolShards`); `None`: one
+    /// per CPU ([`auto_shards`]). Never more shards than slots.
+    pub shards: Option<u32>,
+    /// Engine variant (benchmarks; production uses the default).
+    pub engine: EngineOptions,
+}
+
+impl RuntimeOptions {
+    /// `slots` slots, shards and engine as in production.
+    pub fn with_slots(slots: u32) -> RuntimeOptions {
+        RuntimeOptions {
+            slots,
+            shards: None,
+            engine: EngineOptions::default(),
+        }
+    }
 }
 
 /// Everything a child process needs to run requests.
@@ -49,10 +61,10 @@ pub struct Loaded {
 /// with its own pool and its own copy of every module; a request runs in the
 /// shard of the CPU it runs on.
 pub struct Runtime {
-    pub(crate) shards: Vec<Shard>,
+    shards: Vec<Shard>,
     homes: HomeShards,
     /// Whether epochs (and so timeouts) are on.
-    pub(crate) epochs: bool,
+    epochs: bool,
     /// Requests turned away because every slot was busy.
     exhausted: AtomicU64,
     _ticker: Option<Ticker>,
@@ -61,8 +73,9 @@ pub struct Runtime {
 /// One engine, the modules loaded into it, and its share of the slots.
 pub(crate) struct Shard {
     pub(crate) engine: Engine,
-    /// An `InstancePre` belongs to one engine: each shard has its own.
-    pub(crate) modules: Vec<Loaded>,
+    /// What a module loads into belongs to one engine: each shard has its
+    /// own copy of every module.
+    modules: Vec<Loaded>,
     counter: SlotCounter,
 }
 
@@ -79,9 +92,14 @@ pub(crate) struct Lease<'a> {
 }
 
 impl<'a> Lease<'a> {
-    /// The shard the slot is in.
-    pub(crate) fn shard(&self) -> &'a Shard {
-        self.shard
+    /// The engine of the shard the slot is in.
+    pub(crate) fn engine(&self) -> &'a Engine {
+        &self.shard.engine
+    }
+
+    /// Module `index` as loaded into the slot's shard.
+    pub(crate) fn module(&self, index: usize) -> &'a Loaded {
+        &self.shard.modules[index]
     }
 }
 
@@ -92,45 +110,22 @@ impl Drop for Lease<'_> {
 }
 
 impl Runtime {
-    /// Loads `specs` into pooled engines with `slots` instance slots in all:
-    /// the most requests this process can run at once.
+    /// Loads `specs` into pooled engines as `options` say.
     ///
     /// # Errors
     /// [`Code::Io`] / [`Code::Compile`] when a cache entry cannot be loaded,
     /// [`Code::Link`] when a module's imports cannot be satisfied,
     /// [`Code::Internal`] when the pool cannot be reserved.
-    pub fn new(specs: &[ModuleSpec], slots: u32) -> Result<Runtime> {
-        Runtime::new_flavored(specs, slots, Flavor::default())
+    pub fn new(specs: &[ModuleSpec], options: &RuntimeOptions) -> Result<Runtime> {
+        Runtime::build(specs, options).map_err(|e| e.error)
     }
 
-    /// [`Runtime::new`] for an engine variant (benchmarks); modules must
-    /// have been compiled for the same variant.
-    pub fn new_flavored(specs: &[ModuleSpec], slots: u32, flavor: Flavor) -> Result<Runtime> {
-        Runtime::new_sharded(specs, slots, None, flavor)
-    }
-
-    /// [`Runtime::new_flavored`] with the pool split into `shards` engines
-    /// (`None`: [`auto_shards`]; never more shards than slots). The slots
-    /// are spread over the shards, adding up to exactly `slots`.
-    ///
-    /// # Errors
-    /// As [`Runtime::new`].
-    pub fn new_sharded(
-        specs: &[ModuleSpec],
-        slots: u32,
-        shards: Option<u32>,
-        flavor: Flavor,
-    ) -> Result<Runtime> {
-        Runtime::build(specs, slots, shards, flavor).map_err(|e| e.error)
-    }
-
-    /// [`Runtime::new_sharded`], telling which module a failure is about.
+    /// [`Runtime::new`], telling which module a failure is about.
     ///
     /// This is also the configuration-time check of what every child will
-    /// do (in a throw-away process: see
-    /// [`crate::isolate::check_isolated`]): a module that does not fit the
-    /// pool, an import of the wrong type, and a pool the process cannot
-    /// reserve fail there rather than in each child.
+    /// do (in a throw-away process: see [`crate::forked::check_forked`]): a
+    /// module that does not fit the pool, an import of the wrong type, and a
+    /// pool the process cannot reserve fail there rather than in each child.
     ///
     /// # Errors
     /// As [`Runtime::new`], with the index of the module at fault, or none
@@ -138,12 +133,12 @@ impl Runtime {
     /// says how much address space it needs).
     pub fn build(
         specs: &[ModuleSpec],
-        slots: u32,
-        shards: Option<u32>,
-        flavor: Flavor,
+        options: &RuntimeOptions,
     ) -> std::result::Result<Runtime, BuildError> {
-        let pool = pool_for(specs, flavor)?;
-        let shares = split(slots, shards.unwrap_or_else(|| auto_shards(slots)));
+        let engine_options = options.engine;
+        let slots = options.slots;
+        let pool = pool_for(specs, engine_options)?;
+        let shares = split(slots, options.shards.unwrap_or_else(|| auto_shards(slots)));
         let count = shares.len();
         let shards = shares
             .iter()
@@ -153,8 +148,9 @@ impl Runtime {
                     slots: share,
                     ..pool
                 };
-                let engine = runtime_engine(&size, flavor)
-                    .map_err(|e| BuildError::pool(pool_failure(&pool, &shares, flavor, e)))?;
+                let engine = runtime_engine(&size, engine_options).map_err(|e| {
+                    BuildError::pool(pool_failure(&pool, &shares, engine_options, e))
+                })?;
                 Shard::new(engine, specs, share).map_err(|mut e| {
                     if count > 1 {
                         e.error.message =
@@ -164,7 +160,7 @@ impl Runtime {
                 })
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let ticker = if flavor.epochs {
+        let ticker = if engine_options.epochs {
             Some(Ticker::start(shards.iter().map(|s| &s.engine)).map_err(BuildError::pool)?)
         } else {
             None
@@ -172,20 +168,70 @@ impl Runtime {
         Ok(Runtime {
             homes: HomeShards::new(count),
             shards,
-            epochs: flavor.epochs,
+            epochs: engine_options.epochs,
             exhausted: AtomicU64::new(0),
             _ticker: ticker,
         })
     }
 
-    /// A slot for one request: in the shard of the calling thread's CPU,
-    /// or in the next one with a free slot; `None` when all are busy.
-    pub(crate) fn lease(&self) -> Option<Lease<'_>> {
-        let lease = take(&self.shards, self.homes.current()).map(|shard| Lease { shard });
-        if lease.is_none() {
-            self.exhausted.fetch_add(1, Ordering::Relaxed);
+    /// A slot for one request of module `index` under `limits`: in the
+    /// shard of the calling thread's CPU, or in the next one with a free
+    /// slot.
+    ///
+    /// # Errors
+    /// [`Code::InvalidArgument`] for an unknown module,
+    /// [`Code::MemoryLimit`] when the module's memory starts above
+    /// `WasmMaxMemory` (instantiating would fail on every request: the
+    /// message says what to change), [`Code::PoolExhausted`] when every
+    /// slot is busy.
+    pub(crate) fn lease(&self, index: usize, limits: &Limits) -> Result<Lease<'_>> {
+        let module = self.module(index).ok_or_else(|| {
+            Error::new(
+                Code::InvalidArgument,
+                format!("no module with index {index}"),
+            )
+        })?;
+        if module.min_memory > limits.max_memory as u64 {
+            return Err(Error::new(
+                Code::MemoryLimit,
+                format!(
+                    "{}: its memory starts at {}, more than WasmMaxMemory ({}) allows; \
+                     raise WasmMaxMemory where this module is configured",
+                    module.name,
+                    human_size(module.min_memory),
+                    human_size(limits.max_memory as u64)
+                ),
+            ));
         }
-        lease
+        match take(&self.shards, self.homes.current()) {
+            Some(shard) => Ok(Lease { shard }),
+            None => {
+                self.exhausted.fetch_add(1, Ordering::Relaxed);
+                Err(self.pool_exhausted(&module.name))
+            }
+        }
+    }
+
+    /// The error of a request that finds every slot busy.
+    pub(crate) fn pool_exhausted(&self, name: &str) -> Error {
+        Error::new(
+            Code::PoolExhausted,
+            format!(
+                "{name}: all {} instance slots of this child are busy; raise WasmPoolSlots \
+                 or lower the MPM's ThreadsPerChild",
+                self.slots()
+            ),
+        )
+    }
+
+    /// Makes `store` trap once `timeout` has passed while the guest
+    /// computes (epochs are checked at loop heads and calls; waits in host
+    /// calls are the caller's to bound).
+    pub(crate) fn arm_deadline<T>(&self, store: &mut Store<T>, timeout: Duration) {
+        if self.epochs {
+            store.set_epoch_deadline(deadline_ticks(timeout));
+            store.epoch_deadline_trap();
+        }
     }
 
     /// Slots in all shards: the most requests this child runs at once.
@@ -217,7 +263,7 @@ impl Runtime {
 
     /// Module `index` as loaded into the first shard (every shard has the
     /// same modules), for what does not depend on the engine.
-    pub(crate) fn module(&self, index: usize) -> Option<&Loaded> {
+    pub fn module(&self, index: usize) -> Option<&Loaded> {
         self.shards[0].modules.get(index)
     }
 }
@@ -229,12 +275,12 @@ impl Shard {
         specs: &[ModuleSpec],
         slots: u32,
     ) -> std::result::Result<Shard, BuildError> {
-        let linker = host::linker(&engine).map_err(BuildError::pool)?;
+        let linkers = Linkers::new(&engine).map_err(BuildError::pool)?;
         let modules = specs
             .iter()
             .enumerate()
             .map(|(i, spec)| {
-                Shard::link(&engine, &linker, spec).map_err(|error| BuildError {
+                Loaded::load(&engine, &linkers, spec).map_err(|error| BuildError {
                     module: Some(i),
                     error,
                 })
@@ -244,38 +290,6 @@ impl Shard {
             engine,
             modules,
             counter: SlotCounter::new(slots),
-        })
-    }
-
-    /// Loads `spec` into `engine` and resolves its imports once.
-    fn link(engine: &Engine, linker: &Linker<Host>, spec: &ModuleSpec) -> Result<Loaded> {
-        // The probe engine loaded it already (see `pool_for`): an error here
-        // is this pool's own validation of the module's needs.
-        let module = load(engine, spec).map_err(|e| {
-            Error::new(
-                e.code,
-                format!(
-                    "{} does not fit the instance pool: {}",
-                    spec.name, e.message
-                ),
-            )
-        })?;
-        let linker = if spec.trap_unknown_imports {
-            host::with_trapping_imports(linker.clone(), &module)
-                .map_err(|e| Error::new(e.code, format!("{}: {}", spec.name, e.message)))?
-        } else {
-            linker.clone()
-        };
-        let pre = linker
-            .instantiate_pre(&module)
-            .map_err(|e| Error::new(Code::Link, format!("{}: {}", spec.name, chain(&e))))?;
-        let pages = module.resources_required().max_initial_memory_size;
-        Ok(Loaded {
-            name: spec.name.clone(),
-            pre,
-            min_memory: pages.unwrap_or(0).saturating_mul(WASM_PAGE),
-            start: command_entry(&module),
-            reads_env: environ::imported_by(&module),
         })
     }
 }
@@ -306,15 +320,18 @@ impl BuildError {
 /// enough for any module would reserve more address space (16 GiB) than the
 /// real pool of a small child, and fail first under a `ulimit -v`. The
 /// allocation strategy is not part of what makes a `.cwasm` loadable.
-fn pool_for(specs: &[ModuleSpec], flavor: Flavor) -> std::result::Result<PoolSize, BuildError> {
-    let on_demand = Flavor {
+fn pool_for(
+    specs: &[ModuleSpec],
+    engine_options: EngineOptions,
+) -> std::result::Result<PoolSize, BuildError> {
+    let on_demand = EngineOptions {
         pooling: false,
-        ..flavor
+        ..engine_options
     };
     let probe = runtime_engine(&PoolSize::with_slots(1), on_demand).map_err(BuildError::pool)?;
     let mut pool = PoolSize::with_slots(1);
     for (i, spec) in specs.iter().enumerate() {
-        let module = load(&probe, spec).map_err(|error| BuildError {
+        let module = load_module(&probe, spec).map_err(|error| BuildError {
             module: Some(i),
             error,
         })?;
@@ -332,13 +349,18 @@ fn pool_for(specs: &[ModuleSpec], flavor: Flavor) -> std::result::Result<PoolSiz
 /// `shares` slots each, sized like `pool`), with the address space all of
 /// them need: the pooling allocator reserves every slot's memory up front
 /// (about 4 GiB each), so too many slots, or a `ulimit -v`, make it fail.
-fn pool_failure(pool: &PoolSize, shares: &[u32], flavor: Flavor, cause: Error) -> Error {
+fn pool_failure(
+    pool: &PoolSize,
+    shares: &[u32],
+    engine_options: EngineOptions,
+    cause: Error,
+) -> Error {
     let slots: u32 = shares.iter().sum();
     let in_shards = match shares.len() {
         1 => String::new(),
         n => format!(" in {n} shards"),
     };
-    let need = match pool_reservation(pool, shares, flavor) {
+    let need = match pool_reservation(pool, shares, engine_options) {
         Some(r) => format!(
             " needs about {} of address space ({} per slot)",
             format_size(r.total),
@@ -372,35 +394,10 @@ fn address_space_limit() -> String {
     format_size(limit.rlim_cur)
 }
 
-impl Runtime {
-    /// Whether module `index` can read its environment (see
-    /// [`Loaded::reads_env`]); `None` when there is no such module.
-    pub fn module_reads_env(&self, index: usize) -> Option<bool> {
-        self.module(index).map(|m| m.reads_env)
-    }
-}
-
-/// The name of the entry point of a WASI command.
-pub(crate) const START: &str = "_start";
-
-/// `_start` when the module exports it as a function of no arguments and no
-/// results, the only type a request calls.
-fn command_entry(module: &Module) -> Option<ModuleExport> {
-    match module.get_export(START)? {
-        ExternType::Func(ty) if ty.params().len() == 0 && ty.results().len() == 0 => {
-            module.get_export_index(START)
-        }
-        _ => None,
-    }
-}
-
-/// Size of a WebAssembly memory page.
-const WASM_PAGE: u64 = 64 << 10;
-
 /// Loads a cache entry: from the file the parent opened and checked when
 /// there is one (a duplicate of it: Wasmtime keeps the file it is given),
 /// else by name.
-fn load(engine: &Engine, spec: &ModuleSpec) -> Result<Module> {
+pub(crate) fn load_module(engine: &Engine, spec: &ModuleSpec) -> Result<Module> {
     let entry = &spec.cwasm;
     let loaded = match &entry.file {
         // SAFETY: the parent checked this file against the digest recorded
@@ -426,26 +423,4 @@ fn load(engine: &Engine, spec: &ModuleSpec) -> Result<Module> {
             ),
         )
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn module(wat: &str) -> Module {
-        Module::new(&Engine::default(), wat::parse_str(wat).unwrap()).unwrap()
-    }
-
-    #[test]
-    fn only_a_start_of_no_arguments_and_no_results_is_resolved_ahead() {
-        assert!(command_entry(&module(r#"(module (func (export "_start")))"#)).is_some());
-        assert!(
-            command_entry(&module(r#"(module (func (export "_start") (param i32)))"#)).is_none()
-        );
-        assert!(command_entry(&module(r#"(module (func (export "main")))"#)).is_none());
-        assert!(command_entry(&module(
-            r#"(module (global (export "_start") i32 (i32.const 0)))"#
-        ))
-        .is_none());
-    }
 }

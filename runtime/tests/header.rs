@@ -67,7 +67,7 @@ fn abi_version_matches() {
 /// The interface when `WASM_RT_ABI_VERSION` was last decided: the version
 /// and the first 16 hex digits of the SHA-256 of the header without
 /// comments, whitespace collapsed.
-const DECIDED: (u32, &str) = (3, "330b8d97706e5d83");
+const DECIDED: (u32, &str) = (4, "962bd00f0e2da1f1");
 
 #[test]
 fn a_changed_interface_gets_a_decided_version() {
@@ -109,9 +109,9 @@ fn prototypes_match() {
         ),
         ("void wasm_rt_string_free(char *s);", wasm_rt_string_free as unsafe extern "C" fn(*mut c_char) as usize),
         (
-            "int32_t wasm_rt_precompile(const char *wasm_path, const char *cache_dir, int32_t trap_unknown_imports, char **cwasm_path, int32_t *cwasm_fd, int32_t *cache_hit, uint64_t *millis, char **replaced, char **error);",
+            "int32_t wasm_rt_precompile(const wasm_rt_compile_options *opts, wasm_rt_compiled *out, char **error);",
             wasm_rt_precompile
-                as unsafe extern "C" fn(*const c_char, *const c_char, i32, *mut *mut c_char, *mut i32, *mut i32, *mut u64, *mut *mut c_char, *mut *mut c_char) -> i32
+                as unsafe extern "C" fn(*const wasm_rt_compile_options, *mut wasm_rt_compiled, *mut *mut c_char) -> i32
                 as usize,
         ),
         (
@@ -125,15 +125,15 @@ fn prototypes_match() {
             wasm_rt_parse_size as unsafe extern "C" fn(*const c_char, *mut u64, *mut *mut c_char) -> i32 as usize,
         ),
         (
-            "int32_t wasm_rt_runtime_new(const char *const *cwasm_paths, const int32_t *cwasm_fds, const char *const *names, const int32_t *trap_unknown_imports, size_t n, uint32_t slots, uint32_t shards, wasm_rt_runtime **out, char **error);",
+            "int32_t wasm_rt_runtime_new(const wasm_rt_runtime_options *opts, wasm_rt_runtime **out, char **error);",
             wasm_rt_runtime_new
-                as unsafe extern "C" fn(*const *const c_char, *const i32, *const *const c_char, *const i32, usize, u32, u32, *mut *mut wasm_rt_runtime, *mut *mut c_char) -> i32
+                as unsafe extern "C" fn(*const wasm_rt_runtime_options, *mut *mut wasm_rt_runtime, *mut *mut c_char) -> i32
                 as usize,
         ),
         (
-            "int32_t wasm_rt_runtime_check(const char *const *cwasm_paths, const int32_t *cwasm_fds, const char *const *names, const int32_t *trap_unknown_imports, size_t n, uint32_t slots, uint32_t shards, int32_t *module, char **error);",
+            "int32_t wasm_rt_runtime_check(const wasm_rt_runtime_options *opts, int32_t *module, char **error);",
             wasm_rt_runtime_check
-                as unsafe extern "C" fn(*const *const c_char, *const i32, *const *const c_char, *const i32, usize, u32, u32, *mut i32, *mut *mut c_char) -> i32
+                as unsafe extern "C" fn(*const wasm_rt_runtime_options, *mut i32, *mut *mut c_char) -> i32
                 as usize,
         ),
         (
@@ -142,8 +142,8 @@ fn prototypes_match() {
         ),
         ("void wasm_rt_runtime_free(wasm_rt_runtime *rt);", wasm_rt_runtime_free as unsafe extern "C" fn(*mut wasm_rt_runtime) as usize),
         (
-            "int32_t wasm_rt_module_reads_env(const wasm_rt_runtime *rt, size_t module, int32_t *reads_env);",
-            wasm_rt_module_reads_env as unsafe extern "C" fn(*const wasm_rt_runtime, usize, *mut i32) -> i32 as usize,
+            "int32_t wasm_rt_module_info_get(const wasm_rt_runtime *rt, size_t module, wasm_rt_module_info *out);",
+            wasm_rt_module_info_get as unsafe extern "C" fn(*const wasm_rt_runtime, usize, *mut wasm_rt_module_info) -> i32 as usize,
         ),
         (
             "int32_t wasm_rt_run(const wasm_rt_runtime *rt, size_t module, const wasm_rt_request *req, wasm_rt_response **out);",
@@ -231,6 +231,23 @@ fn c_layout() -> String {
 
 const FIELDS: &[(&str, &[&str])] = &[
     ("wasm_rt_dir", &["guest_path", "host_path", "read_only"]),
+    (
+        "wasm_rt_compile_options",
+        &["wasm_path", "cache_dir", "trap_unknown_imports"],
+    ),
+    (
+        "wasm_rt_compiled",
+        &["cwasm_path", "cwasm_fd", "cache_hit", "millis", "replaced"],
+    ),
+    (
+        "wasm_rt_module_spec",
+        &["cwasm_path", "cwasm_fd", "trap_unknown_imports", "name"],
+    ),
+    (
+        "wasm_rt_runtime_options",
+        &["modules", "n_modules", "slots", "shards"],
+    ),
+    ("wasm_rt_module_info", &["kind", "reads_env"]),
     ("wasm_rt_chunk", &["data", "len"]),
     (
         "wasm_rt_defaults",
@@ -290,6 +307,39 @@ macro_rules! rust_layout {
 fn struct_layouts_match() {
     let mut rust = String::new();
     rust_layout!(rust, wasm_rt_dir, guest_path, host_path, read_only);
+    rust_layout!(
+        rust,
+        wasm_rt_compile_options,
+        wasm_path,
+        cache_dir,
+        trap_unknown_imports
+    );
+    rust_layout!(
+        rust,
+        wasm_rt_compiled,
+        cwasm_path,
+        cwasm_fd,
+        cache_hit,
+        millis,
+        replaced
+    );
+    rust_layout!(
+        rust,
+        wasm_rt_module_spec,
+        cwasm_path,
+        cwasm_fd,
+        trap_unknown_imports,
+        name
+    );
+    rust_layout!(
+        rust,
+        wasm_rt_runtime_options,
+        modules,
+        n_modules,
+        slots,
+        shards
+    );
+    rust_layout!(rust, wasm_rt_module_info, kind, reads_env);
     rust_layout!(rust, wasm_rt_chunk, data, len);
     rust_layout!(
         rust,
@@ -334,4 +384,69 @@ fn struct_layouts_match() {
         message
     );
     assert_eq!(c_layout(), rust);
+}
+
+/// The structs the header defines, each with its fields in order, read from
+/// the header itself: `FIELDS` must list every one of them, so that a
+/// struct or a field added to both sides cannot escape the layout check.
+fn header_structs() -> Vec<(String, Vec<String>)> {
+    let h = header();
+    let mut out = Vec::new();
+    let mut rest = h.as_str();
+    while let Some(i) = rest.find("typedef struct ") {
+        rest = &rest[i + "typedef struct ".len()..];
+        let name = rest.split_whitespace().next().unwrap().to_string();
+        let Some(open) = rest.find('{').filter(|&o| !rest[..o].contains(';')) else {
+            continue; // an opaque type
+        };
+        let close = rest.find('}').unwrap();
+        let fields = rest[open + 1..close]
+            .split(';')
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .map(|f| {
+                // `int64_t (*read_body)(...)` is named inside its first
+                // parentheses; anything else by its last word.
+                match f.find("(*") {
+                    Some(p) => f[p + 2..f[p..].find(')').unwrap() + p].to_string(),
+                    None => f.rsplit([' ', '*']).next().unwrap().to_string(),
+                }
+            })
+            .collect();
+        out.push((name, fields));
+        rest = &rest[close..];
+    }
+    out
+}
+
+#[test]
+fn the_layout_check_covers_every_struct_and_field_of_the_header() {
+    let structs = header_structs();
+    assert!(structs.len() >= 10, "{structs:?}");
+    for (name, fields) in &structs {
+        let listed = FIELDS
+            .iter()
+            .find(|(s, _)| s == name)
+            .unwrap_or_else(|| panic!("FIELDS lacks struct {name}"));
+        assert_eq!(
+            listed.1.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+            *fields,
+            "fields of {name}"
+        );
+    }
+    assert_eq!(
+        FIELDS.len(),
+        structs.len(),
+        "FIELDS lists structs the header lacks"
+    );
+}
+
+#[test]
+fn kinds_match() {
+    let h = header();
+    for (name, kind) in KINDS {
+        let decl = format!("{name} = {}", *kind as i32);
+        assert!(h.contains(&decl), "header lacks `{decl}`");
+    }
+    assert_eq!(h.matches("WASM_RT_KIND_").count(), KINDS.len());
 }

@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasm_runtime::cache::precompile;
-use wasm_runtime::engine::Flavor;
 use wasm_runtime::scratch::Scratch;
 use wasm_runtime::shard::{auto_shards, shards_for};
-use wasm_runtime::{Code, Limits, ModuleSpec, Request, Runtime};
+use wasm_runtime::{Code, Limits, ModuleSpec, Request, Runtime, RuntimeOptions};
 
 /// WASI imports and a `write(fd, offset, len)` helper shared by the guests.
 const PRELUDE: &str = r#"
@@ -46,15 +45,16 @@ fn runtime_sharded(name: &str, wat: &str, slots: u32, shards: Option<u32>) -> Ru
     let wasm = d.join(format!("{name}.wasm"));
     std::fs::write(&wasm, wat::parse_str(wat).unwrap()).unwrap();
     let compiled = precompile(&wasm, &d.join("cache")).unwrap();
-    Runtime::new_sharded(
+    Runtime::new(
         &[ModuleSpec {
             cwasm: compiled.cwasm,
             name: name.into(),
             trap_unknown_imports: false,
         }],
-        slots,
-        shards,
-        Flavor::default(),
+        &RuntimeOptions {
+            shards,
+            ..RuntimeOptions::with_slots(slots)
+        },
     )
     .unwrap()
 }
@@ -129,8 +129,8 @@ fn a_start_of_the_wrong_type_is_a_link_error() {
 #[test]
 fn only_a_module_importing_the_environment_reads_it() {
     let reader = runtime("reader", HELLO, 2);
-    assert_eq!(reader.module_reads_env(0), Some(true));
-    assert_eq!(reader.module_reads_env(1), None);
+    assert!(reader.module(0).unwrap().reads_env());
+    assert!(reader.module(1).is_none());
     let silent = runtime_of(
         "silent",
         r#"(module
@@ -143,7 +143,7 @@ fn only_a_module_importing_the_environment_reads_it() {
                (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
         2,
     );
-    assert_eq!(silent.module_reads_env(0), Some(false));
+    assert!(!silent.module(0).unwrap().reads_env());
     // Whatever environment it is given, it runs the same.
     let req = request_with_env(&[("A", "1")]);
     let o = silent.run(0, req);

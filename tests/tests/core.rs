@@ -311,6 +311,60 @@ fn two_locations_sharing_a_module_compile_it_once() {
     let _ = fs::remove_dir_all(&scratch);
 }
 
+/// A module with an import mod_wasm does not provide, which it never calls:
+/// it serves only where unknown imports are linked as traps.
+const UNKNOWN_IMPORT: &str = r#"(module
+  (import "env" "mystery" (func))
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "Content-Type: text/plain\r\n\r\nstub")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 32))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+
+#[test]
+fn modules_are_numbered_once_whatever_the_order_of_their_directives() {
+    let dir = scratch_dir("numbering");
+    fs::write(
+        dir.join("stub.wasm"),
+        wat::parse_str(UNKNOWN_IMPORT).unwrap(),
+    )
+    .unwrap();
+    let stub = dir.join("stub.wasm");
+    // The same module with WasmTrapUnknownImports after and before it, a
+    // second module in between, and a module set outside any section,
+    // which virtual hosts inherit in a merge made before check_config.
+    let site = format!(
+        "WasmModule @GUESTS@/env.wasm\n\
+         <Location /after>\n  SetHandler wasm-handler\n  WasmModule {0}\n  WasmTrapUnknownImports On\n</Location>\n\
+         {1}\
+         <Location /before>\n  SetHandler wasm-handler\n  WasmTrapUnknownImports On\n  WasmModule {0}\n</Location>\n\
+         <VirtualHost *>\n  ServerName inherits.test\n  <Location /top>\n    SetHandler wasm-handler\n  </Location>\n</VirtualHost>\n",
+        stub.display(),
+        location("/hello", "hello", "")
+    );
+    let s = Apache::start_with(Options::new(&site).cache_dir(&dir.join("cache")));
+    for path in ["/after", "/before"] {
+        let r = get(s.port, path);
+        assert_eq!((r.status, r.text().as_str()), (200, "stub"), "{path}");
+    }
+    assert_eq!(get(s.port, "/hello").body, b"Hello, World!");
+    let top = raw_get_host(s.port, "/top", "inherits.test");
+    assert!(top.starts_with("HTTP/1.1 200"), "{top}");
+    assert!(top.contains("SERVER_NAME=inherits.test"), "{top}");
+    // Three modules (env, stub with traps, hello), each compiled once.
+    let compiled = s.log_lines("compiled in");
+    assert_eq!(compiled.len(), 3, "{}", s.error_log());
+    assert_eq!(
+        compiled.iter().filter(|l| l.contains("stub.wasm")).count(),
+        1,
+        "{compiled:?}"
+    );
+    drop(s);
+    let _ = fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn nested_location_inherits_and_overrides_wasm_env() {
     let site = "<Location /env>\n  SetHandler wasm-handler\n  WasmModule @GUESTS@/env.wasm\n  WasmEnv OUTER outer\n  WasmEnv SHARED parent\n</Location>\n\

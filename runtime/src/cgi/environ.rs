@@ -10,7 +10,7 @@
 
 use wasmtime::{Caller, Extern, Linker, Memory, Result};
 
-use crate::host::Host;
+use super::host::Host;
 
 /// WASI errno `success`.
 const SUCCESS: i32 = 0;

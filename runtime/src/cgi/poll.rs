@@ -4,7 +4,7 @@
 //! WASI's preview-1 `poll_oneoff` serves a lone relative clock (what
 //! `sleep`, `nanosleep` and `usleep` become) with `std::thread::sleep` when
 //! blocking on the current thread is allowed, as it is here for the sake of
-//! fast file reads (see `request.rs`). Nothing can interrupt that sleep: a
+//! fast file reads (see `run.rs`). Nothing can interrupt that sleep: a
 //! guest sleeping 20 s under `WasmTimeout 3` held its slot for 20 s, and one
 //! polling a clock of `~0` never ended. Here that case waits on a Tokio
 //! timer instead when the sleep would outlast the request's deadline (which
@@ -19,8 +19,8 @@ use wasmtime::{AsContextMut, Caller, Linker, Result};
 use wasmtime_wasi::p1::wasi_snapshot_preview1::{self, WasiSnapshotPreview1};
 use wiggle::GuestMemory;
 
-use crate::environ::guest_memory;
-use crate::host::Host;
+use super::environ::guest_memory;
+use super::host::Host;
 
 const MODULE: &str = "wasi_snapshot_preview1";
 const POLL_ONEOFF: &str = "poll_oneoff";

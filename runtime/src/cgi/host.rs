@@ -6,9 +6,9 @@ use wasmtime::{Engine, Linker, Module, Store, StoreLimits};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::WasiCtxBuilder;
 
-use crate::environ::{self, Environ};
+use super::environ::{self, Environ};
+use super::poll;
 use crate::error::{chain, Code, Error, Result};
-use crate::poll;
 
 /// Per-request state stored in each `Store`.
 pub struct Host {
@@ -23,7 +23,7 @@ pub struct Host {
 }
 
 /// A linker that provides WASI preview 1 to guests (async bindings: a
-/// request runs as one future, see `request.rs`), with our own environment
+/// request runs as one future, see `run.rs`), with our own environment
 /// calls and a `poll_oneoff` whose sleeps `WasmTimeout` can stop.
 pub fn linker(engine: &Engine) -> Result<Linker<Host>> {
     let mut linker = Linker::new(engine);

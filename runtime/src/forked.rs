@@ -1,5 +1,6 @@
-//! Compilation, and the check of what children will build, in throw-away
-//! child processes.
+//! The configuration-time work done in forked, throw-away processes:
+//! compiling into the cache, and building (then dropping) the runtime every
+//! child will build.
 //!
 //! Apache's parent process must stay free of Wasmtime state: creating an
 //! engine installs signal handlers once per process (Apache then replaces
@@ -17,9 +18,8 @@ use std::sync::Arc;
 
 use crate::cache::{precompile_with, Compiled, Entry, Options};
 use crate::digest;
-use crate::engine::Flavor;
 use crate::error::{Code, Error, Result};
-use crate::runtime::{BuildError, ModuleSpec, Runtime};
+use crate::runtime::{BuildError, ModuleSpec, Runtime, RuntimeOptions};
 
 /// [`precompile_with`] run in a forked child process; then the entry is
 /// opened here and checked against its digest (hashing only, no Wasmtime
@@ -33,7 +33,7 @@ use crate::runtime::{BuildError, ModuleSpec, Runtime};
 /// Whatever [`precompile_with`] returns; [`Code::Io`] when the entry changes
 /// under us twice; [`Code::Internal`] when the child cannot be started or
 /// dies without an answer.
-pub fn precompile_isolated(wasm_path: &Path, cache_dir: &Path, opts: &Options) -> Result<Compiled> {
+pub fn precompile_forked(wasm_path: &Path, cache_dir: &Path, opts: &Options) -> Result<Compiled> {
     let mut last = None;
     for _attempt in 0..2 {
         let mut compiled = in_child(&format!("compiling {}", wasm_path.display()), || {
@@ -66,15 +66,13 @@ pub fn precompile_isolated(wasm_path: &Path, cache_dir: &Path, opts: &Options) -
 /// # Errors
 /// The [`BuildError`]; a child that cannot be started or dies without an
 /// answer is reported with no module at fault.
-pub fn check_isolated(
+pub fn check_forked(
     specs: &[ModuleSpec],
-    slots: u32,
-    shards: Option<u32>,
-    flavor: Flavor,
+    options: &RuntimeOptions,
 ) -> std::result::Result<(), BuildError> {
     let outcome = in_child("the runtime check", || {
         Ok(Checked(
-            Runtime::build(specs, slots, shards, flavor)
+            Runtime::build(specs, options)
                 .map(drop)
                 .map_err(|e| (e.module, e.error)),
         ))
@@ -313,7 +311,7 @@ mod tests {
     }
 
     fn scratch(name: &str) -> crate::scratch::Scratch {
-        crate::scratch::Scratch::new(&format!("isolate-{name}"))
+        crate::scratch::Scratch::new(&format!("forked-{name}"))
     }
 
     #[test]
@@ -325,14 +323,14 @@ mod tests {
             wat::parse_str("(module (func (export \"_start\")))").unwrap(),
         )
         .unwrap();
-        let c = precompile_isolated(&m, &d.join("cache"), &Options::default()).unwrap();
+        let c = precompile_forked(&m, &d.join("cache"), &Options::default()).unwrap();
         assert!(!c.hit && c.cwasm.path.is_file() && c.cwasm.file.is_some());
         assert!(
-            precompile_isolated(&m, &d.join("cache"), &Options::default())
+            precompile_forked(&m, &d.join("cache"), &Options::default())
                 .unwrap()
                 .hit
         );
-        let e = precompile_isolated(&d.join("none.wasm"), &d.join("cache"), &Options::default())
+        let e = precompile_forked(&d.join("none.wasm"), &d.join("cache"), &Options::default())
             .unwrap_err();
         assert_eq!(e.code, Code::Io);
     }
@@ -356,20 +354,27 @@ mod tests {
         )
         .unwrap();
         let spec = |wasm: &Path| ModuleSpec {
-            cwasm: precompile_isolated(wasm, &d.join("cache"), &Options::default())
+            cwasm: precompile_forked(wasm, &d.join("cache"), &Options::default())
                 .unwrap()
                 .cwasm,
             name: wasm.display().to_string(),
             trap_unknown_imports: false,
         };
         let specs = [spec(&ok), spec(&bad)];
-        assert!(check_isolated(&specs[..1], 4, None, Flavor::default()).is_ok());
-        let e = check_isolated(&specs, 4, None, Flavor::default()).unwrap_err();
+        assert!(check_forked(&specs[..1], &RuntimeOptions::with_slots(4)).is_ok());
+        let e = check_forked(&specs, &RuntimeOptions::with_slots(4)).unwrap_err();
         assert_eq!(e.module, Some(1), "{}", e.error.message);
         assert!(e.error.message.contains("bad.wasm"), "{}", e.error.message);
         // Far more than any address space holds; measured in a process of
         // its own, as the figure is the growth of the address space.
-        let e = check_isolated(&specs[..1], 100_000, Some(1), Flavor::default()).unwrap_err();
+        let e = check_forked(
+            &specs[..1],
+            &RuntimeOptions {
+                shards: Some(1),
+                ..RuntimeOptions::with_slots(100_000)
+            },
+        )
+        .unwrap_err();
         assert_eq!(e.module, None);
         assert!(
             e.error.message.contains("100000 slots needs about 39")

@@ -1,0 +1,81 @@
+//! What a loaded module is served as, decided once, when a child loads it.
+//!
+//! A request then dispatches on the [`Executor`] instead of asking the
+//! module what it exports. Every kind shares what surrounds the run: the
+//! slot lease and the memory check ([`crate::runtime`]), the limits
+//! ([`crate::limits`]), how a failed run is classified
+//! ([`crate::outcome`]), and the status page. Today the one kind is a WASI
+//! preview-1 command run CGI-style ([`crate::cgi`]); `wasi:http`
+//! components are the next.
+
+use wasmtime::Engine;
+
+use crate::cgi;
+use crate::error::Result;
+use crate::runtime::ModuleSpec;
+
+/// How requests run a module.
+pub(crate) enum Executor {
+    /// A WASI preview-1 command: CGI environment in, CGI response out.
+    Command(cgi::Command),
+}
+
+/// The kinds of [`Executor`], as the C side is told them
+/// (`wasm_rt_module_info`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Kind {
+    /// See [`Executor::Command`].
+    Command = 1,
+}
+
+/// A module ready to serve requests in one engine.
+pub struct Loaded {
+    /// How logs refer to the module.
+    pub name: String,
+    /// Bytes of linear memory the module starts with: a `WasmMaxMemory`
+    /// below it fails every request, which is said before a slot is taken.
+    pub min_memory: u64,
+    pub(crate) executor: Executor,
+}
+
+impl Loaded {
+    /// Loads `spec` into `engine`, with the linkers of `linkers`.
+    pub(crate) fn load(engine: &Engine, linkers: &Linkers, spec: &ModuleSpec) -> Result<Loaded> {
+        let (command, min_memory) = cgi::Command::load(engine, &linkers.command, spec)?;
+        Ok(Loaded {
+            name: spec.name.clone(),
+            min_memory,
+            executor: Executor::Command(command),
+        })
+    }
+
+    /// The kind of executor this module has.
+    pub fn kind(&self) -> Kind {
+        match self.executor {
+            Executor::Command(_) => Kind::Command,
+        }
+    }
+
+    /// Whether the guest can read an environment: one that cannot need not
+    /// be given one.
+    pub fn reads_env(&self) -> bool {
+        match &self.executor {
+            Executor::Command(c) => c.reads_env,
+        }
+    }
+}
+
+/// The host functions of each kind of module, made once per engine.
+pub(crate) struct Linkers {
+    command: wasmtime::Linker<cgi::Host>,
+}
+
+impl Linkers {
+    /// The linkers for `engine`.
+    pub(crate) fn new(engine: &Engine) -> Result<Linkers> {
+        Ok(Linkers {
+            command: cgi::host::linker(engine)?,
+        })
+    }
+}
