@@ -97,6 +97,18 @@ MPM_TUNING = {
 }
 
 
+def render_conf(lines, words):
+    """conf/server.conf.in (the skeleton the demo and the tests fill in too)
+    with whole placeholder lines replaced from `lines`, then words from `words`."""
+    out = []
+    for line in (ROOT / "conf/server.conf.in").read_text().splitlines():
+        out.append(lines.get(line, line))
+    text = "\n".join(out) + "\n"
+    for k, v in words.items():
+        text = text.replace(k, v)
+    return text
+
+
 class Server:
     """An Apache on a free loopback port with its own directory under build/perf/run."""
 
@@ -109,20 +121,9 @@ class Server:
         self.port = free_port()
         libexec = apxs("LIBEXECDIR")
         loads = "\n".join(f"LoadModule {m}_module {p if '/' in p else libexec + '/' + p}" for m, p in modules)
-        user = "User www-data\nGroup www-data\n" if os.geteuid() == 0 else ""
+        user = "User www-data\nGroup www-data" if os.geteuid() == 0 else ""
         extra_conf = os.environ.get("PERF_EXTRA_CONF", "").replace("\\n", "\n")
-        conf = f"""ServerRoot "{self.dir}"
-ServerName 127.0.0.1
-Listen 127.0.0.1:{self.port}
-PidFile {self.dir}/httpd.pid
-ErrorLog {self.dir}/error.log
-LogLevel warn
-DefaultRuntimeDir {self.dir}
-LoadModule mpm_{mpm}_module {libexec}/mod_mpm_{mpm}.so
-LoadModule authz_core_module {libexec}/mod_authz_core.so
-{loads}
-{user}{MPM_TUNING[mpm]}
-KeepAlive On
+        tuning = f"""{MPM_TUNING[mpm]}KeepAlive On
 {extra_conf}
 MaxKeepAliveRequests 0
 # Static rows are measured without mmap (noted in the results).
@@ -132,11 +133,14 @@ EnableMMAP Off
 <Directory />
     Options FollowSymLinks
     AllowOverride None
-</Directory>
-DocumentRoot {BUILD}/htdocs
-WasmCacheDir {ROOT}/build/perf-cache
-{site}
-"""
+</Directory>"""
+        conf = render_conf({
+            "@MODULES@": loads, "@USER@": user, "@TUNING@": tuning, "@SITE@": site,
+        }, {
+            "@DIR@": str(self.dir), "@PORT@": str(self.port), "@LOGLEVEL@": "warn",
+            "@MPM@": mpm, "@LIBEXECDIR@": libexec, "@DOCROOT@": str(BUILD / "htdocs"),
+            "@CACHE@": str(ROOT / "build/perf-cache"),
+        })
         (self.dir / "httpd.conf").write_text(conf)
         self.proc = None
 

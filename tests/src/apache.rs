@@ -129,7 +129,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Writes the server configuration for `opts` into `dir`.
+/// Writes the server configuration for `opts` into `dir`: the repository's
+/// skeleton (`conf/server.conf.in`, shared with the demo and the
+/// benchmarks) filled in.
 pub fn write_config(dir: &Path, port: u16, opts: &Options) -> PathBuf {
     let libexec = apxs("LIBEXECDIR");
     let cache = opts
@@ -137,34 +139,44 @@ pub fn write_config(dir: &Path, port: u16, opts: &Options) -> PathBuf {
         .clone()
         .unwrap_or_else(|| root().join("build/test-cache"));
     let user = if is_root() {
-        "User www-data\nGroup www-data\n"
+        "User www-data\nGroup www-data"
     } else {
         ""
     };
-    let site = opts
-        .site
-        .replace(
-            "@GUESTS@",
-            &root().join("build/guests").display().to_string(),
-        )
-        .replace("@DIR@", &dir.display().to_string())
-        .replace("@ROOT@", &root().display().to_string());
-    let conf = format!(
-        "ServerRoot \"{dir}\"\nServerName 127.0.0.1\nListen 127.0.0.1:{port}\nPidFile {dir}/httpd.pid\n\
-         ErrorLog {dir}/error.log\nLogLevel {level}\nDefaultRuntimeDir {dir}\n\
-         LoadModule mpm_{mpm}_module {libexec}/mod_mpm_{mpm}.so\n\
-         LoadModule authz_core_module {libexec}/mod_authz_core.so\n\
-         LoadModule mime_module {libexec}/mod_mime.so\nTypesConfig /dev/null\n\
+    let module = opts
+        .module
+        .clone()
+        .unwrap_or_else(|| root().join("build/mod_wasm.so"));
+    let modules = format!(
+        "LoadModule mime_module {libexec}/mod_mime.so\nTypesConfig /dev/null\n\
          LoadModule alias_module {libexec}/mod_alias.so\n\
-         LoadModule wasm_module {module}\n{user}{tuning}GracefulShutdownTimeout 5\n\
-         DocumentRoot {dir}/htdocs\nWasmCacheDir {cache}\n\n{site}\n",
-        dir = dir.display(),
-        level = opts.log_level,
-        mpm = opts.mpm.name(),
-        module = opts.module.clone().unwrap_or_else(|| root().join("build/mod_wasm.so")).display(),
-        tuning = opts.mpm.tuning(),
-        cache = cache.display(),
+         LoadModule wasm_module {}",
+        module.display()
     );
+    let tuning = format!("{}GracefulShutdownTimeout 5", opts.mpm.tuning());
+    let skeleton = fs::read_to_string(root().join("conf/server.conf.in")).unwrap();
+    let mut conf = String::new();
+    for line in skeleton.lines() {
+        conf += match line {
+            "@MODULES@" => &modules,
+            "@USER@" => user,
+            "@TUNING@" => &tuning,
+            "@SITE@" => &opts.site,
+            _ => line,
+        };
+        conf.push('\n');
+    }
+    let dir_text = dir.display().to_string();
+    let conf = conf
+        .replace("@GUESTS@", &root().join("build/guests").display().to_string())
+        .replace("@DIR@", &dir_text)
+        .replace("@ROOT@", &root().display().to_string())
+        .replace("@PORT@", &port.to_string())
+        .replace("@LOGLEVEL@", &opts.log_level)
+        .replace("@MPM@", opts.mpm.name())
+        .replace("@LIBEXECDIR@", &libexec)
+        .replace("@DOCROOT@", &format!("{dir_text}/htdocs"))
+        .replace("@CACHE@", &cache.display().to_string());
     let path = dir.join("httpd.conf");
     fs::write(&path, conf).unwrap();
     path
