@@ -22,9 +22,12 @@ RUNTIME_SRC := $(shell find runtime/src runtime/include -type f) runtime/Cargo.t
 
 INTERP      := $(BUILD)/interp/micropython.wasm $(BUILD)/interp/python-3.12.0.wasm
 
+# wasi:http components (guests/http/), built with registry toolchains.
+PY_COMPONENTS := $(patsubst guests/http/%.py,$(BUILD)/components/%-py.wasm,$(wildcard guests/http/*.py))
+
 .PHONY: all deps run stop test unit e2e install clean fmt lint bench
 
-all: $(BUILD)/mod_wasm.so $(GUESTS) $(INTERP)
+all: $(BUILD)/mod_wasm.so $(GUESTS) $(INTERP) $(PY_COMPONENTS)
 
 # Interpreters come from PyPI, pinned and checksummed (never committed).
 $(INTERP): scripts/fetch-interpreters
@@ -51,6 +54,9 @@ $(BUILD)/mod_wasm.so: $(SHIM_SRC) mod_wasm_c/mod_wasm.h runtime/include/wasm_run
 	    -I ../runtime/include -o mod_wasm.so $(notdir $(SHIM_SRC)) \
 	    -L../$(BUILD) -lwasm_runtime '-Wl,-rpath,\$$ORIGIN' >/dev/null
 	install -m 644 mod_wasm_c/.libs/mod_wasm.so $@
+
+$(BUILD)/components/%-py.wasm: guests/http/%.py scripts/build-components Cargo.lock
+	scripts/build-components $*
 
 $(BUILD)/guests/%.wasm: guests/%.c
 	@mkdir -p $(dir $@)

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
 use wasmtime::{Engine, Module};
 
 use crate::cgi::host;
@@ -151,7 +152,7 @@ pub fn precompile_with(wasm_path: &Path, cache_dir: &Path, opts: &Options) -> Re
     })?;
     let engine = compile_engine(opts.engine)?;
     let path = cache_dir.join(entry_name(&engine, wasm_path, &wasm));
-    let (module, file, hit, replaced) = match load_cached(&engine, &path) {
+    let (module, file, hit, replaced) = match load_cached(&engine, &path, is_component(&wasm)) {
         Ok((module, file)) => {
             touch(&path);
             (module, file, true, None)
@@ -176,10 +177,16 @@ pub fn precompile_with(wasm_path: &Path, cache_dir: &Path, opts: &Options) -> Re
     };
     // The entry's imports are checked on a hit too: the same module may be
     // configured with different linking options.
-    if !opts.trap_unknown_imports {
-        // All missing imports at once; the child's own linking would name
-        // only the first.
-        host::check_imports(&engine, &host::linker(&engine)?, &module)?;
+    match &module {
+        Artifact::Module(m) if !opts.trap_unknown_imports => {
+            // All missing imports at once; the child's own linking would
+            // name only the first.
+            host::check_imports(&engine, &host::linker(&engine)?, m)?;
+        }
+        Artifact::Module(_) => {}
+        Artifact::Component(c) => {
+            crate::http::check_component(&engine, c, &wasm_path.display().to_string())?
+        }
     }
     Ok(Compiled {
         cwasm: Entry {
@@ -201,7 +208,8 @@ pub fn precompile_with(wasm_path: &Path, cache_dir: &Path, opts: &Options) -> Re
 fn load_cached(
     engine: &Engine,
     path: &Path,
-) -> std::result::Result<(Module, File), Option<String>> {
+    component: bool,
+) -> std::result::Result<(Artifact, File), Option<String>> {
     let file = digest::open_verified(path).map_err(|d| match d {
         Damage::Absent => None,
         d => Some(d.to_string()),
@@ -211,8 +219,15 @@ fn load_cached(
         .map_err(|e| Some(format!("it cannot be reopened: {e}")))?;
     // SAFETY: the contents are the ones recorded when this module wrote
     // them (see `digest`), and entries are never rewritten in place.
-    let module = unsafe { Module::deserialize_open_file(engine, copy) }
-        .map_err(|e| Some(format!("Wasmtime refused it: {}", chain(&e))))?;
+    let module = if component {
+        // Components are mapped by path only; this is the compiler's own
+        // process, which may read what it wrote.
+        drop(copy);
+        unsafe { Component::deserialize_file(engine, path) }.map(Artifact::Component)
+    } else {
+        unsafe { Module::deserialize_open_file(engine, copy) }.map(Artifact::Module)
+    }
+    .map_err(|e| Some(format!("Wasmtime refused it: {}", chain(&e))))?;
     Ok((module, file))
 }
 
@@ -224,20 +239,31 @@ fn compile_into(
     wasm: &[u8],
     cache_dir: &Path,
     path: &Path,
-) -> Result<(Module, File)> {
-    let module = Module::new(engine, wasm).map_err(|e| {
+) -> Result<(Artifact, File)> {
+    let invalid = |what: &str, e: wasmtime::Error| {
         Error::new(
             Code::Compile,
             format!(
-                "{} is not a valid WebAssembly module: {}",
+                "{} is not a valid WebAssembly {what}: {}",
                 wasm_path.display(),
                 chain(&e)
             ),
         )
-    })?;
-    let bytes = module
-        .serialize()
-        .map_err(|e| Error::new(Code::Internal, chain(&e)))?;
+    };
+    let module = if is_component(wasm) {
+        Component::new(engine, wasm)
+            .map(Artifact::Component)
+            .map_err(|e| invalid("component", e))?
+    } else {
+        Module::new(engine, wasm)
+            .map(Artifact::Module)
+            .map_err(|e| invalid("module", e))?
+    };
+    let bytes = match &module {
+        Artifact::Module(m) => m.serialize(),
+        Artifact::Component(c) => c.serialize(),
+    }
+    .map_err(|e| Error::new(Code::Internal, chain(&e)))?;
     store(cache_dir, path, &bytes)?;
     let file = digest::open_verified(path).map_err(|d| {
         Error::new(
@@ -251,6 +277,19 @@ fn compile_into(
         )
     })?;
     Ok((module, file))
+}
+
+/// A compiled module or component.
+enum Artifact {
+    Module(Module),
+    Component(Component),
+}
+
+/// Whether `wasm` is a component rather than a core module: the version
+/// and layer fields after the magic number (the component model's binary
+/// format).
+fn is_component(wasm: &[u8]) -> bool {
+    wasm.get(4..8) == Some(&[0x0d, 0x00, 0x01, 0x00])
 }
 
 /// Records a use of the entry in its modification time, for [`prune`].

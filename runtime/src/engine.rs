@@ -74,6 +74,13 @@ pub struct PoolSize {
     pub max_memories_per_module: u32,
     /// Most tables any configured module defines.
     pub max_tables_per_module: u32,
+    /// Whether any configured module is a component.
+    pub components: bool,
+    /// Most memories one instance of any configured module needs (a
+    /// component's core instances together).
+    pub memories_per_slot: u32,
+    /// Most tables one instance of any configured module needs.
+    pub tables_per_slot: u32,
 }
 
 impl PoolSize {
@@ -85,6 +92,9 @@ impl PoolSize {
             max_core_instance_size: MAX_INSTANCE_SIZE,
             max_memories_per_module: 1,
             max_tables_per_module: 1,
+            components: false,
+            memories_per_slot: 1,
+            tables_per_slot: 1,
         }
     }
 }
@@ -94,6 +104,12 @@ impl PoolSize {
 /// allocated at its real size. CPython 3.12 needs far less than 1 MiB; a
 /// module over this fails `configtest` with Wasmtime's breakdown of its needs.
 const MAX_INSTANCE_SIZE: usize = 16 << 20;
+
+/// Core instances one component may create: toolchains' outputs create a
+/// few (a wit-bindgen C guest and its WASI adapter: 3 to 4; componentize-py
+/// links CPython's shared libraries as a dozen or so). A bound of the pool,
+/// not a reservation: instance metadata is allocated at its real size.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
 
 /// Memory below this size is reset with `memset` rather than `madvise` when a
 /// slot is reused: measured on a prototype, 29 µs per hello request at 0 and
@@ -106,12 +122,20 @@ const KEEP_RESIDENT: usize = 128 << 10;
 /// `pool` (unless `engine_options` says otherwise), epoch interruption on.
 pub fn runtime_engine(pool: &PoolSize, engine_options: EngineOptions) -> Result<Engine> {
     let mut p = PoolingAllocationConfig::new();
-    p.total_core_instances(pool.slots)
-        .total_memories(pool.slots * pool.max_memories_per_module)
-        .total_tables(pool.slots * pool.max_tables_per_module)
+    let core_instances = if pool.components {
+        CORE_INSTANCES_PER_COMPONENT
+    } else {
+        1
+    };
+    p.total_core_instances(pool.slots * core_instances)
+        .total_memories(pool.slots * pool.memories_per_slot.max(pool.max_memories_per_module))
+        .total_tables(pool.slots * pool.tables_per_slot.max(pool.max_tables_per_module))
         // GC heaps are reserved like memories; keep them from dwarfing the pool.
         .total_gc_heaps(pool.slots)
-        .total_component_instances(0)
+        .total_component_instances(if pool.components { pool.slots } else { 0 })
+        .max_core_instances_per_component(core_instances)
+        .max_memories_per_component(pool.memories_per_slot.max(1))
+        .max_tables_per_component(pool.tables_per_slot.max(1))
         // Guests run on fiber stacks (see `cgi/run.rs`): one per slot.
         .total_stacks(pool.slots)
         .max_memories_per_module(pool.max_memories_per_module)
@@ -223,7 +247,7 @@ pub fn format_size(bytes: u64) -> String {
 /// everything past it (measured: 14 faults and ~25% more time per MicroPython
 /// request). The open file keeps working once the flag is restored; Apache
 /// itself makes children dumpable for good when `CoreDumpDirectory` is set.
-fn while_dumpable<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn while_dumpable<T>(f: impl FnOnce() -> T) -> T {
     // SAFETY: PR_GET_DUMPABLE / PR_SET_DUMPABLE only read and set a flag of
     // this process.
     let was = unsafe { libc::prctl(libc::PR_GET_DUMPABLE) };

@@ -5,19 +5,23 @@
 //! slot lease and the memory check ([`crate::runtime`]), the limits
 //! ([`crate::limits`]), how a failed run is classified
 //! ([`crate::outcome`]), and the status page. Today the one kind is a WASI
-//! preview-1 command run CGI-style ([`crate::cgi`]); `wasi:http`
-//! components are the next.
+//! preview-1 command run CGI-style ([`crate::cgi`]) or a `wasi:http`
+//! component ([`crate::http`]).
 
 use wasmtime::Engine;
 
 use crate::cgi;
 use crate::error::Result;
-use crate::runtime::ModuleSpec;
+use crate::http;
+use crate::runtime::{entry_kind, ModuleSpec};
 
 /// How requests run a module.
 pub(crate) enum Executor {
     /// A WASI preview-1 command: CGI environment in, CGI response out.
     Command(cgi::Command),
+    /// A `wasi:http/proxy` component: an HTTP request in, its response
+    /// streamed out.
+    Http(http::Proxy),
 }
 
 /// The kinds of [`Executor`], as the C side is told them
@@ -27,6 +31,8 @@ pub(crate) enum Executor {
 pub enum Kind {
     /// See [`Executor::Command`].
     Command = 1,
+    /// See [`Executor::Http`].
+    Http = 2,
 }
 
 /// A module ready to serve requests in one engine.
@@ -42,11 +48,20 @@ pub struct Loaded {
 impl Loaded {
     /// Loads `spec` into `engine`, with the linkers of `linkers`.
     pub(crate) fn load(engine: &Engine, linkers: &Linkers, spec: &ModuleSpec) -> Result<Loaded> {
-        let (command, min_memory) = cgi::Command::load(engine, &linkers.command, spec)?;
+        let (executor, min_memory) = match entry_kind(spec)? {
+            Kind::Command => {
+                let (c, m) = cgi::Command::load(engine, &linkers.command, spec)?;
+                (Executor::Command(c), m)
+            }
+            Kind::Http => {
+                let (p, m) = http::Proxy::load(engine, &linkers.http, spec)?;
+                (Executor::Http(p), m)
+            }
+        };
         Ok(Loaded {
             name: spec.name.clone(),
             min_memory,
-            executor: Executor::Command(command),
+            executor,
         })
     }
 
@@ -54,6 +69,7 @@ impl Loaded {
     pub fn kind(&self) -> Kind {
         match self.executor {
             Executor::Command(_) => Kind::Command,
+            Executor::Http(_) => Kind::Http,
         }
     }
 
@@ -62,6 +78,8 @@ impl Loaded {
     pub fn reads_env(&self) -> bool {
         match &self.executor {
             Executor::Command(c) => c.reads_env,
+            // Its environment is WasmEnv's alone, not the CGI variables.
+            Executor::Http(_) => false,
         }
     }
 }
@@ -69,6 +87,7 @@ impl Loaded {
 /// The host functions of each kind of module, made once per engine.
 pub(crate) struct Linkers {
     command: wasmtime::Linker<cgi::Host>,
+    http: wasmtime::component::Linker<http::HttpHost>,
 }
 
 impl Linkers {
@@ -76,6 +95,7 @@ impl Linkers {
     pub(crate) fn new(engine: &Engine) -> Result<Linkers> {
         Ok(Linkers {
             command: cgi::host::linker(engine)?,
+            http: http::host::linker(engine)?,
         })
     }
 }

@@ -11,7 +11,7 @@
 //! the classification of how a run ended ([`outcome`]), the request body
 //! read ([`body`]) and the output sent ([`pipe`]) through the server while
 //! the guest runs, the [`status`] page. WASI preview-1 commands served
-//! CGI-style live in [`cgi`].
+//! CGI-style live in [`cgi`], `wasi:http` components in [`http`].
 
 #![deny(missing_docs)]
 
@@ -24,6 +24,7 @@ pub mod error;
 pub mod executor;
 pub mod ffi;
 pub mod forked;
+pub mod http;
 pub mod limits;
 pub mod outcome;
 pub mod pipe;

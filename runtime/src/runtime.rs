@@ -7,14 +7,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use wasmtime::{Engine, Module, Store};
+use wasmtime::{Engine, Module, Precompiled, Store};
 
 use crate::cache::Entry;
 use crate::engine::{
     deadline_ticks, format_size, pool_reservation, runtime_engine, EngineOptions, PoolSize, Ticker,
 };
 use crate::error::{chain, Code, Error, Result};
-use crate::executor::{Linkers, Loaded};
+use crate::executor::{Kind, Linkers, Loaded};
 use crate::limits::{human_size, Limits};
 use crate::shard::{auto_shards, split, take, HomeShards, SlotCounter};
 use crate::status::ShardStatus;
@@ -331,13 +331,21 @@ fn pool_for(
     let probe = runtime_engine(&PoolSize::with_slots(1), on_demand).map_err(BuildError::pool)?;
     let mut pool = PoolSize::with_slots(1);
     for (i, spec) in specs.iter().enumerate() {
-        let module = load_module(&probe, spec).map_err(|error| BuildError {
+        let at = |error| BuildError {
             module: Some(i),
             error,
-        })?;
-        let need = module.resources_required();
+        };
+        let need = match entry_kind(spec).map_err(at)? {
+            Kind::Command => load_module(&probe, spec).map_err(at)?.resources_required(),
+            Kind::Http => {
+                pool.components = true;
+                crate::http::resources_required(&probe, spec).map_err(at)?
+            }
+        };
         pool.max_memories_per_module = pool.max_memories_per_module.max(need.num_memories);
         pool.max_tables_per_module = pool.max_tables_per_module.max(need.num_tables);
+        pool.memories_per_slot = pool.memories_per_slot.max(need.num_memories);
+        pool.tables_per_slot = pool.tables_per_slot.max(need.num_tables);
         if let Some(t) = need.max_initial_table_size {
             pool.table_elements = pool.table_elements.max(t as usize);
         }
@@ -392,6 +400,43 @@ fn address_space_limit() -> String {
         return "unlimited".to_string();
     }
     format_size(limit.rlim_cur)
+}
+
+/// Whether a cache entry holds a command module or a component, read from
+/// the entry itself (its open file when it has one).
+pub(crate) fn entry_kind(spec: &ModuleSpec) -> Result<Kind> {
+    let entry = &spec.cwasm;
+    let detected = match &entry.file {
+        Some(file) => {
+            use std::os::fd::AsRawFd;
+            let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+            // See `http::component`: a child running as `User` is not
+            // dumpable, and its `/proc/self/fd` is then root's.
+            crate::engine::while_dumpable(|| Engine::detect_precompiled_file(&path))
+        }
+        None => Engine::detect_precompiled_file(&entry.path),
+    };
+    match detected {
+        Ok(Some(Precompiled::Module)) => Ok(Kind::Command),
+        Ok(Some(Precompiled::Component)) => Ok(Kind::Http),
+        Ok(None) => Err(Error::new(
+            Code::Compile,
+            format!(
+                "cannot load {} ({}): not a compiled module or component",
+                entry.path.display(),
+                spec.name
+            ),
+        )),
+        Err(e) => Err(Error::new(
+            Code::Io,
+            format!(
+                "cannot read {} ({}): {}",
+                entry.path.display(),
+                spec.name,
+                chain(&e)
+            ),
+        )),
+    }
 }
 
 /// Loads a cache entry: from the file the parent opened and checked when

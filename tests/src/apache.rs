@@ -168,7 +168,10 @@ pub fn write_config(dir: &Path, port: u16, opts: &Options) -> PathBuf {
     }
     let dir_text = dir.display().to_string();
     let conf = conf
-        .replace("@GUESTS@", &root().join("build/guests").display().to_string())
+        .replace(
+            "@GUESTS@",
+            &root().join("build/guests").display().to_string(),
+        )
         .replace("@DIR@", &dir_text)
         .replace("@ROOT@", &root().display().to_string())
         .replace("@PORT@", &port.to_string())

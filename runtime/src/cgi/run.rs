@@ -58,8 +58,13 @@ impl Runtime {
             Err(e) => return Outcome::failed(e),
         };
         let loaded = lease.module(index);
-        let Executor::Command(module) = &loaded.executor;
         let name = &loaded.name;
+        let Executor::Command(module) = &loaded.executor else {
+            return Outcome::failed(Error::new(
+                Code::InvalidArgument,
+                format!("{name} is a component, not a command module"),
+            ));
+        };
         let stdout = match req.output {
             Some(sink) => {
                 CappedPipe::streaming(req.limits.max_output, Overflow::Trap, sink, deadline)
@@ -218,7 +223,8 @@ impl Runtime {
 }
 
 impl Outcome {
-    fn failed(e: Error) -> Outcome {
+    /// A run that failed before the guest started.
+    pub(crate) fn failed(e: Error) -> Outcome {
         Outcome {
             result: Err(e),
             exit_code: -1,

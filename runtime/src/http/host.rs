@@ -1,0 +1,107 @@
+//! What a component may import: WASI 0.2 (clocks, random, the CLI world's
+//! environment, arguments and stdio, the filesystem of its preopened
+//! directories) and `wasi:http`, whose outgoing requests are refused: a
+//! guest gets no network, as a CGI module gets none.
+
+use std::time::Instant;
+
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Engine, StoreLimits};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::error::{chain, Code, Error, Result};
+
+/// Per-request state stored in each `Store` of a component.
+pub struct HttpHost {
+    /// The guest's WASI context: arguments, environment, stdio, preopens.
+    pub wasi: WasiCtx,
+    /// `wasi:http`'s context.
+    pub http: WasiHttpCtx,
+    /// The resources the guest holds (requests, bodies, streams, files).
+    pub table: ResourceTable,
+    /// Memory and instance limits of this request.
+    pub limits: StoreLimits,
+    /// When `WasmTimeout` ends this request.
+    pub deadline: Instant,
+    hooks: NoOutgoing,
+}
+
+impl HttpHost {
+    /// State for one request.
+    pub fn new(
+        wasi: WasiCtx,
+        table: ResourceTable,
+        limits: StoreLimits,
+        deadline: Instant,
+    ) -> Self {
+        HttpHost {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table,
+            limits,
+            deadline,
+            hooks: NoOutgoing,
+        }
+    }
+}
+
+impl WasiView for HttpHost {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HttpHost {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// `wasi:http` hooks that refuse every outgoing request.
+struct NoOutgoing;
+
+impl WasiHttpHooks for NoOutgoing {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<
+            dyn std::future::Future<Output = std::result::Result<(), wasmtime_wasi_http::Error>>
+                + Send,
+        >,
+    ) -> Box<
+        dyn std::future::Future<
+                Output = std::result::Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<
+                            dyn std::future::Future<
+                                    Output = std::result::Result<(), wasmtime_wasi_http::Error>,
+                                > + Send,
+                        >,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+/// A linker with WASI 0.2 and `wasi:http` (async bindings: a request runs
+/// as one future, see `serve.rs`).
+pub fn linker(engine: &Engine) -> Result<Linker<HttpHost>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
+        .map_err(|e| Error::new(Code::Internal, chain(&e)))?;
+    Ok(linker)
+}

@@ -1,0 +1,294 @@
+//! One request of a component: a fresh store from the pool, the request
+//! handed to the guest's `incoming-handler`, and its response sent on while
+//! the guest still writes it.
+//!
+//! The guest and the sender of its response are two futures joined on the
+//! request's own thread (inside `in_tokio`'s `block_on`), so that reading
+//! the body and sending the response can call into the server's filters,
+//! which belong to that thread. The guest's future owns the store and drops
+//! it when the guest returns: that closes the response body's channel, so
+//! the sender ends with it.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, StoreLimitsBuilder};
+use wasmtime_wasi::runtime::in_tokio;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::WasiHttpView;
+
+use super::body::IncomingBody;
+use super::host::HttpHost;
+use super::request::{HeadSink, Request};
+use crate::cgi::Outcome;
+use crate::error::{chain, Code, Error, Result};
+use crate::executor::Executor;
+use crate::limits::{time_left, MAX_STDERR};
+use crate::outcome::{classify, timed_out};
+use crate::pipe::{CappedPipe, Output, OutputSink, Overflow};
+use crate::runtime::Runtime;
+
+/// Resources a component may hold at once besides its open files: requests,
+/// fields, bodies, streams and pollables.
+const HTTP_HANDLES: usize = 1024;
+
+/// How the sending of a response ended.
+enum Sent {
+    /// All of the body went out.
+    Complete,
+    /// The guest returned, or failed, without setting a response.
+    NotSet,
+    /// The guest set an error instead of a response.
+    Refused(ErrorCode),
+    /// The head or a part of the body could not be sent.
+    Failed(std::io::Error),
+    /// The body outgrew `WasmMaxOutput`.
+    TooLong,
+    /// The body ended in an error (a `content-length` it did not match, or
+    /// the guest's abort).
+    Broken(String),
+}
+
+impl Runtime {
+    /// Serves one HTTP request with component `index`.
+    ///
+    /// `WasmTimeout` bounds the whole request, waits included.
+    pub fn serve(&self, index: usize, req: Request<'_>) -> Outcome {
+        let deadline = Instant::now() + req.limits.timeout;
+        let lease = match self.lease(index, &req.limits) {
+            Ok(lease) => lease,
+            Err(e) => return Outcome::failed(e),
+        };
+        let loaded = lease.module(index);
+        let name = loaded.name.as_str();
+        let Executor::Http(proxy) = &loaded.executor else {
+            return Outcome::failed(Error::new(
+                Code::InvalidArgument,
+                format!("{name} is not a wasi:http component"),
+            ));
+        };
+        let limits = req.limits;
+        // The guest's stdout and stderr both go to the error log.
+        let log = CappedPipe::new(MAX_STDERR, Overflow::Truncate);
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.args(&req.args)
+            .stdout(log.clone())
+            .stderr(log.clone())
+            .allow_blocking_current_thread(true);
+        for (k, v) in &req.env {
+            wasi.env(
+                String::from_utf8_lossy(k).as_ref(),
+                String::from_utf8_lossy(v).as_ref(),
+            );
+        }
+        for d in &req.dirs {
+            let perms = if d.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            if let Err(e) = wasi.preopened_dir(&d.host, &d.guest, perms) {
+                return Outcome::failed(Error::new(
+                    Code::Io,
+                    format!("cannot open directory {}: {}", d.host.display(), chain(&e)),
+                ));
+            }
+        }
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(HTTP_HANDLES + req.dirs.len() + limits.max_open_files as usize);
+        let store_limits = StoreLimitsBuilder::new()
+            .memory_size(limits.max_memory)
+            .trap_on_grow_failure(false)
+            .build();
+        let mut store = Store::new(
+            lease.engine(),
+            HttpHost::new(wasi.build(), table, store_limits, deadline),
+        );
+        store.limiter(|h| &mut h.limits);
+        self.arm_deadline(&mut store, limits.timeout);
+
+        let request = match http_request(
+            &req.method,
+            &req.authority,
+            &req.path_with_query,
+            &req.headers,
+            &req.scheme,
+        ) {
+            Ok(r) => r.map(|()| IncomingBody::new(req.body, deadline)),
+            Err(e) => return Outcome::failed(e),
+        };
+        let scheme = if req.scheme == "https" {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let handles = {
+            let mut view = store.data_mut().http();
+            view.new_incoming_request(scheme, request)
+                .and_then(|r| view.new_response_outparam(tx).map(|o| (r, o)))
+        };
+        let (request, outparam) = match handles {
+            Ok(h) => h,
+            Err(e) => {
+                return Outcome::failed(Error::new(
+                    Code::Internal,
+                    format!("{name}: cannot hand the request over: {}", chain(&e)),
+                ))
+            }
+        };
+        let pre = &proxy.pre;
+        let (head, output) = (req.head, req.output);
+        let joined = in_tokio(async {
+            let guest = async move {
+                let called = async {
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, request, outparam)
+                        .await
+                }
+                .await;
+                drop(store);
+                called
+            };
+            let send = send_response(rx, head, output, limits.max_output, deadline);
+            tokio::time::timeout_at(deadline.into(), async { tokio::join!(guest, send) }).await
+        });
+        drop(lease);
+        let (log, log_truncated) = log.take();
+        let (result, exit_code) = match joined {
+            Err(_) => (Err(timed_out(name, limits.timeout)), -1),
+            Ok((Err(e), _)) => classify(name, e, &limits),
+            Ok((Ok(()), sent)) => (sent_result(name, sent, &limits), 0),
+        };
+        Outcome {
+            result,
+            exit_code,
+            stdout: Output::default(),
+            streamed: 0,
+            stderr: log.to_bytes(),
+            stderr_truncated: log_truncated,
+        }
+    }
+}
+
+/// The request as `wasi:http` takes it.
+fn http_request(
+    method: &str,
+    authority: &str,
+    path_with_query: &str,
+    headers: &[crate::cgi::EnvVar<'_>],
+    scheme: &str,
+) -> Result<http::Request<()>> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| {
+        Error::new(
+            Code::InvalidArgument,
+            format!("the request's {what} is invalid: {e}"),
+        )
+    };
+    let uri = http::Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(path_with_query)
+        .build()
+        .map_err(|e| bad("URI", &e))?;
+    let mut builder = http::Request::builder()
+        .method(http::Method::from_bytes(method.as_bytes()).map_err(|e| bad("method", &e))?)
+        .uri(uri);
+    for (k, v) in headers {
+        let name = http::HeaderName::from_bytes(k).map_err(|e| bad("header name", &e))?;
+        let value = http::HeaderValue::from_bytes(v).map_err(|e| bad("header value", &e))?;
+        builder = builder.header(name, value);
+    }
+    builder.body(()).map_err(|e| bad("head", &e))
+}
+
+/// What the guest's run comes to, given how its response was sent.
+fn sent_result(name: &str, sent: Sent, limits: &crate::limits::Limits) -> Result<()> {
+    let err = |code, text: String| Err(Error::new(code, format!("{name}: {text}")));
+    match sent {
+        Sent::Complete => Ok(()),
+        Sent::NotSet => err(
+            Code::Trap,
+            "the guest returned without setting a response".into(),
+        ),
+        Sent::Refused(code) => err(
+            Code::Trap,
+            format!("the guest answered with an error: {code:?}"),
+        ),
+        Sent::Failed(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            Err(timed_out(name, limits.timeout))
+        }
+        Sent::Failed(e) => err(
+            Code::Aborted,
+            format!("the response could not be sent: {e}"),
+        ),
+        Sent::TooLong => err(
+            Code::OutputLimit,
+            format!(
+                "the guest wrote more than {} bytes of body (WasmMaxOutput)",
+                limits.max_output
+            ),
+        ),
+        Sent::Broken(why) => err(Code::Trap, format!("the response body failed: {why}")),
+    }
+}
+
+/// Waits for the guest's response, sends its head, then its body as the
+/// guest writes it.
+async fn send_response(
+    rx: tokio::sync::oneshot::Receiver<
+        std::result::Result<http::Response<HyperOutgoingBody>, ErrorCode>,
+    >,
+    mut head: Option<Box<dyn HeadSink>>,
+    mut output: Option<Box<dyn OutputSink>>,
+    max_output: usize,
+    deadline: Instant,
+) -> Sent {
+    let response = match rx.await {
+        Ok(Ok(r)) => r,
+        Ok(Err(code)) => return Sent::Refused(code),
+        Err(_) => return Sent::NotSet,
+    };
+    let (parts, mut body) = response.into_parts();
+    let fields: Vec<(&[u8], &[u8])> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))
+        .collect();
+    if let Some(h) = head.as_mut() {
+        if let Err(e) = h.send_head(parts.status.as_u16(), &fields) {
+            return Sent::Failed(e);
+        }
+    }
+    let mut written = 0usize;
+    while let Some(frame) = body.frame().await {
+        let data: Bytes = match frame {
+            Ok(f) => match f.into_data() {
+                Ok(d) => d,
+                // Trailers: not sent (see docs/guests.md).
+                Err(_) => continue,
+            },
+            Err(e) => return Sent::Broken(e.to_string()),
+        };
+        written += data.len();
+        if written > max_output {
+            return Sent::TooLong;
+        }
+        if let Some(out) = output.as_mut() {
+            let timeout = match time_left(deadline, "sending the response") {
+                Ok(t) => t,
+                Err(e) => return Sent::Failed(e),
+            };
+            if let Err(e) = out.send(&[data], timeout) {
+                return Sent::Failed(e);
+            }
+        }
+    }
+    Sent::Complete
+}
