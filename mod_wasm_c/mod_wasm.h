@@ -9,6 +9,8 @@
  *   wasm_env.c     what a guest gets: CGI environment, argv, PATH_INFO
  *   wasm_cgi.c     the request: body in, output out, the CGI response,
  *                  and the filters that bound them
+ *   wasm_http.c    what a wasi:http component gets instead of CGI: the
+ *                  HTTP request, and its response head
  *   wasm_status.c  SetHandler wasm-status
  */
 #ifndef MOD_WASM_H
@@ -43,6 +45,10 @@
 
 #define WASM_HANDLER "wasm-handler"
 #define WASM_STATUS_HANDLER "wasm-status"
+/* Headers the server adds to a component's request (see docs/guests.md);
+ * a client's own are removed first. */
+#define WASM_CLIENT_ADDR_HEADER "wasm-client-addr"
+#define WASM_BASE_PATH_HEADER "wasm-base-path"
 /* Request note: microseconds spent in the runtime (%{wasm-run-us}n). */
 #define WASM_RUN_NOTE "wasm-run-us"
 
@@ -111,6 +117,29 @@ extern apr_interval_time_t wasm_cache_max_age;  /* WasmCacheMaxAge */
  * destroyed, so it is never freed from a pool cleanup. */
 extern wasm_rt_runtime *wasm_runtime;
 
+/* The state of one request's body and response while its guest runs. The
+ * runtime calls wasm_read_body_cb and wasm_send_output_cb on this thread,
+ * from inside wasm_rt_run. */
+typedef struct {
+    request_rec *r;
+    const char *module_path;
+    apr_bucket_brigade *in;     /* body buckets read but not yet handed over */
+    apr_bucket_brigade *out;    /* output being passed */
+    int seen_eos;               /* the body is all read */
+    int refused;                /* a status to answer instead of the guest's
+                                 * response (bad body, bad header), 0: none */
+    int head_scanned;           /* the guest's CGI header block was read */
+    int head_sent;              /* something was passed to the output filters */
+    int discard;                /* the guest's body is not sent (redirect, 304) */
+    int redirect_status;        /* 302 for an absolute Location, 0: none */
+    const char *redirect;       /* a local Location: an internal redirect */
+    int send_failed;            /* nothing more may go out: ap_pass_brigade
+                                 * failed, or the core ended the response */
+    int passing;                /* wasm_pass_output is passing a brigade */
+    int core_ended;             /* the core passed an error or EOS of its own
+                                 * while the guest ran */
+} wasm_io;
+
 /* wasm_conf.c */
 extern const command_rec wasm_cmds[];
 void *wasm_create_dir_conf(apr_pool_t *p, char *dir);
@@ -125,6 +154,13 @@ void wasm_build_env(request_rec *r, const wasm_dir_conf *conf,
                     const char *module_path, wasm_rt_request *req);
 int wasm_build_argv(request_rec *r, const wasm_dir_conf *conf,
                     const char *module_path, wasm_rt_request *req);
+
+/* wasm_http.c: fill `req` with the HTTP request for a component, and the
+ * callback that takes its response head. */
+void wasm_http_build(request_rec *r, const wasm_dir_conf *conf,
+                     wasm_rt_request *req);
+int32_t wasm_send_head_cb(void *data, int32_t status,
+                          const wasm_rt_field *headers, size_t n);
 
 /* wasm_cgi.c */
 int wasm_handler(request_rec *r);

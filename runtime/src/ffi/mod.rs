@@ -1,7 +1,7 @@
 //! The C ABI declared in `include/wasm_runtime.h`: the boundary's rules
-//! and the entry points every kind of module shares (here and in
-//! `setup.rs`: compiling, the child's runtime, its status), and those of
-//! CGI requests (`cgi.rs`).
+//! and versions (here), configuration time and a child's runtime
+//! (`setup.rs`), and requests (`run.rs`, with what a command module reads
+//! of one in `cgi.rs` and a component in `http.rs`).
 //!
 //! Every entry point catches panics and reports failures as a
 //! [`Code`](crate::Code) plus a message; nothing unwinds into Apache. All
@@ -10,9 +10,11 @@
 #![allow(non_camel_case_types, reason = "names mirror the C header")]
 
 mod cgi;
+mod http;
+mod run;
 mod setup;
 
-pub use cgi::*;
+pub use run::*;
 pub use setup::*;
 
 use std::borrow::Cow;

@@ -290,7 +290,10 @@ pub struct wasm_rt_module_info {
 }
 
 /// The `wasm_rt_kind` values, in the header's order.
-pub const KINDS: &[(&str, Kind)] = &[("WASM_RT_KIND_COMMAND", Kind::Command)];
+pub const KINDS: &[(&str, Kind)] = &[
+    ("WASM_RT_KIND_COMMAND", Kind::Command),
+    ("WASM_RT_KIND_HTTP", Kind::Http),
+];
 
 /// What a loaded module is.
 ///
