@@ -163,6 +163,11 @@ impl Runtime {
         let (log, log_truncated) = log.take();
         let (result, exit_code) = match joined {
             Err(_) => (Err(timed_out(name, limits.timeout)), -1),
+            // The server stopped taking the body: the guest's failure to
+            // write it is the consequence, not the cause.
+            Ok((_, sent @ (Sent::TooLong | Sent::Failed(_)))) => {
+                (sent_result(name, sent, &limits), -1)
+            }
             Ok((Err(e), _)) => classify(name, e, &limits),
             Ok((Ok(()), sent)) => (sent_result(name, sent, &limits), 0),
         };
