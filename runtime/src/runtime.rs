@@ -430,7 +430,7 @@ pub(crate) fn entry_kind(spec: &ModuleSpec) -> Result<Kind> {
         Err(e) => Err(Error::new(
             Code::Io,
             format!(
-                "cannot read {} ({}): {}",
+                "cannot load {} ({}): {}",
                 entry.path.display(),
                 spec.name,
                 chain(&e)
