@@ -11,7 +11,7 @@
 use wasmtime::Engine;
 
 use crate::cgi;
-use crate::error::Result;
+use crate::error::{Code, Error, Result};
 use crate::http;
 use crate::runtime::{entry_kind, ModuleSpec};
 
@@ -71,6 +71,29 @@ impl Loaded {
             Executor::Command(_) => Kind::Command,
             Executor::Http(_) => Kind::Http,
         }
+    }
+
+    /// The command module this is, for a CGI request.
+    pub(crate) fn command(&self) -> Result<&cgi::Command> {
+        match &self.executor {
+            Executor::Command(c) => Ok(c),
+            Executor::Http(_) => Err(self.not_a("a command module")),
+        }
+    }
+
+    /// The component this is, for an HTTP request.
+    pub(crate) fn proxy(&self) -> Result<&http::Proxy> {
+        match &self.executor {
+            Executor::Http(p) => Ok(p),
+            Executor::Command(_) => Err(self.not_a("a wasi:http component")),
+        }
+    }
+
+    fn not_a(&self, what: &str) -> Error {
+        Error::new(
+            Code::InvalidArgument,
+            format!("{} is not {what}", self.name),
+        )
     }
 
     /// Whether the guest can read an environment: one that cannot need not

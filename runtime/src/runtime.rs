@@ -4,6 +4,8 @@
 //! executor runs it (see `executor.rs`): the module found, its memory
 //! checked against the request's limit, a slot leased.
 
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -11,7 +13,8 @@ use wasmtime::{Engine, Module, Precompiled, Store};
 
 use crate::cache::Entry;
 use crate::engine::{
-    deadline_ticks, format_size, pool_reservation, runtime_engine, EngineOptions, PoolSize, Ticker,
+    deadline_ticks, format_size, pool_reservation, runtime_engine, while_dumpable, EngineOptions,
+    PoolSize, Ticker,
 };
 use crate::error::{chain, Code, Error, Result};
 use crate::executor::{Kind, Linkers, Loaded};
@@ -405,38 +408,47 @@ fn address_space_limit() -> String {
 /// Whether a cache entry holds a command module or a component, read from
 /// the entry itself (its open file when it has one).
 pub(crate) fn entry_kind(spec: &ModuleSpec) -> Result<Kind> {
-    let entry = &spec.cwasm;
-    let detected = match &entry.file {
-        Some(file) => {
-            use std::os::fd::AsRawFd;
-            let path = format!("/proc/self/fd/{}", file.as_raw_fd());
-            // See `http::component`: a child running as `User` is not
-            // dumpable, and its `/proc/self/fd` is then root's.
-            crate::engine::while_dumpable(|| Engine::detect_precompiled_file(&path))
-        }
-        None => Engine::detect_precompiled_file(&entry.path),
-    };
-    match detected {
+    match with_entry_path(spec, |p| Engine::detect_precompiled_file(p)) {
         Ok(Some(Precompiled::Module)) => Ok(Kind::Command),
         Ok(Some(Precompiled::Component)) => Ok(Kind::Http),
         Ok(None) => Err(Error::new(
             Code::Compile,
             format!(
                 "cannot load {} ({}): not a compiled module or component",
-                entry.path.display(),
+                spec.cwasm.path.display(),
                 spec.name
             ),
         )),
-        Err(e) => Err(Error::new(
-            Code::Io,
-            format!(
-                "cannot load {} ({}): {}",
-                entry.path.display(),
-                spec.name,
-                chain(&e)
-            ),
-        )),
+        Err(e) => Err(Error::new(Code::Io, load_failure(spec, &e).message)),
     }
+}
+
+/// `f` of a path that opens the entry of `spec`: the open file the parent
+/// checked (as `/proc/self/fd/N`) when there is one, else its name.
+///
+/// A child running as `User` is not dumpable, which makes its
+/// `/proc/self/fd` root's: `f` runs with the process made dumpable.
+pub(crate) fn with_entry_path<T>(spec: &ModuleSpec, f: impl FnOnce(&Path) -> T) -> T {
+    match &spec.cwasm.file {
+        Some(file) => {
+            let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+            while_dumpable(|| f(&path))
+        }
+        None => f(&spec.cwasm.path),
+    }
+}
+
+/// The error of a cache entry Wasmtime would not load.
+pub(crate) fn load_failure(spec: &ModuleSpec, e: &wasmtime::Error) -> Error {
+    Error::new(
+        Code::Compile,
+        format!(
+            "cannot load {} ({}): {}",
+            spec.cwasm.path.display(),
+            spec.name,
+            chain(e)
+        ),
+    )
 }
 
 /// Loads a cache entry: from the file the parent opened and checked when
@@ -457,15 +469,5 @@ pub(crate) fn load_module(engine: &Engine, spec: &ModuleSpec) -> Result<Module> 
         // (tests, benchmarks) trust the directory.
         None => unsafe { Module::deserialize_file(engine, &entry.path) },
     };
-    loaded.map_err(|e| {
-        Error::new(
-            Code::Compile,
-            format!(
-                "cannot load {} ({}): {}",
-                entry.path.display(),
-                spec.name,
-                chain(&e)
-            ),
-        )
-    })
+    loaded.map_err(|e| load_failure(spec, &e))
 }

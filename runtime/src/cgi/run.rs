@@ -16,7 +16,6 @@ use super::host::Host;
 use super::request::Request;
 use crate::body::{Body, StreamedStdin};
 use crate::error::{chain, Code, Error, Result};
-use crate::executor::Executor;
 use crate::limits::{Limits, MAX_STDERR};
 use crate::outcome::{classify, timed_out};
 use crate::pipe::{CappedPipe, Output, Overflow};
@@ -53,17 +52,13 @@ impl Runtime {
     /// stopped as surely as one that computes, and its slot comes back.
     pub fn run(&self, index: usize, req: Request<'_>) -> Outcome {
         let deadline = Instant::now() + req.limits.timeout;
-        let lease = match self.lease(index, &req.limits) {
-            Ok(lease) => lease,
+        let leased = self.lease(index, &req.limits).and_then(|lease| {
+            let loaded = lease.module(index);
+            Ok((lease, &loaded.name, loaded.command()?))
+        });
+        let (lease, name, module) = match leased {
+            Ok(l) => l,
             Err(e) => return Outcome::failed(e),
-        };
-        let loaded = lease.module(index);
-        let name = &loaded.name;
-        let Executor::Command(module) = &loaded.executor else {
-            return Outcome::failed(Error::new(
-                Code::InvalidArgument,
-                format!("{name} is a component, not a command module"),
-            ));
         };
         let stdout = match req.output {
             Some(sink) => {

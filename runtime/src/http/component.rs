@@ -2,16 +2,13 @@
 //! resolved and its `incoming-handler` export found once, so that a request
 //! only instantiates and calls.
 
-use std::os::fd::AsRawFd;
-
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, ResourcesRequired};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use super::host::HttpHost;
-use crate::engine::while_dumpable;
 use crate::error::{chain, Code, Error, Result};
-use crate::runtime::ModuleSpec;
+use crate::runtime::{load_failure, with_entry_path, ModuleSpec};
 
 /// The export a component must have, in any 0.2 version.
 pub(crate) const HANDLER: &str = "wasi:http/incoming-handler@0.2";
@@ -105,33 +102,15 @@ pub fn check_component(engine: &Engine, component: &Component, name: &str) -> Re
     proxy_pre(&super::host::linker(engine)?, component, name).map(drop)
 }
 
-/// Loads a cache entry holding a component: from the file the parent
-/// opened and checked, through `/proc/self/fd` (Wasmtime maps components by
-/// path only), else by name.
+/// Loads a cache entry holding a component, from the file the parent
+/// opened and checked when there is one (Wasmtime maps components by path
+/// only: see `runtime::with_entry_path`), else by name.
 fn load_component(engine: &Engine, spec: &ModuleSpec) -> Result<Component> {
-    let entry = &spec.cwasm;
-    let loaded = match &entry.file {
-        // SAFETY: as for modules (see `runtime::load_module`): the parent
-        // checked this file against its digest and entries are never
-        // rewritten in place. A child running as `User` is not dumpable,
-        // which makes its `/proc/self/fd` root's: it is made dumpable for
-        // the open.
-        Some(file) => {
-            let path = format!("/proc/self/fd/{}", file.as_raw_fd());
-            while_dumpable(|| unsafe { Component::deserialize_file(engine, &path) })
-        }
-        // SAFETY: as above, less the check.
-        None => unsafe { Component::deserialize_file(engine, &entry.path) },
-    };
-    loaded.map_err(|e| {
-        Error::new(
-            Code::Compile,
-            format!(
-                "cannot load {} ({}): {}",
-                entry.path.display(),
-                spec.name,
-                chain(&e)
-            ),
-        )
+    // SAFETY: as for modules (see `runtime::load_module`): the parent
+    // checked this file against its digest and entries are never rewritten
+    // in place; without an open file, callers trust the directory.
+    with_entry_path(spec, |path| unsafe {
+        Component::deserialize_file(engine, path)
     })
+    .map_err(|e| load_failure(spec, &e))
 }

@@ -26,7 +26,6 @@ use super::host::HttpHost;
 use super::request::{HeadSink, Request};
 use crate::cgi::Outcome;
 use crate::error::{chain, Code, Error, Result};
-use crate::executor::Executor;
 use crate::limits::{time_left, MAX_STDERR};
 use crate::outcome::{classify, timed_out};
 use crate::pipe::{CappedPipe, Output, OutputSink, Overflow};
@@ -59,17 +58,13 @@ impl Runtime {
     /// `WasmTimeout` bounds the whole request, waits included.
     pub fn serve(&self, index: usize, req: Request<'_>) -> Outcome {
         let deadline = Instant::now() + req.limits.timeout;
-        let lease = match self.lease(index, &req.limits) {
-            Ok(lease) => lease,
+        let leased = self.lease(index, &req.limits).and_then(|lease| {
+            let loaded = lease.module(index);
+            Ok((lease, loaded.name.as_str(), loaded.proxy()?))
+        });
+        let (lease, name, proxy) = match leased {
+            Ok(l) => l,
             Err(e) => return Outcome::failed(e),
-        };
-        let loaded = lease.module(index);
-        let name = loaded.name.as_str();
-        let Executor::Http(proxy) = &loaded.executor else {
-            return Outcome::failed(Error::new(
-                Code::InvalidArgument,
-                format!("{name} is not a wasi:http component"),
-            ));
         };
         let limits = req.limits;
         // The guest's stdout and stderr both go to the error log.
