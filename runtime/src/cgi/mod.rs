@@ -14,5 +14,6 @@ mod run;
 
 pub use command::Command;
 pub use host::Host;
+pub(crate) use request::preopen;
 pub use request::{EnvVar, Preopen, Request};
 pub use run::Outcome;

@@ -4,7 +4,10 @@
 use std::borrow::Cow;
 use std::path::PathBuf;
 
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
 use crate::body::Body;
+use crate::error::{chain, Code, Error, Result};
 use crate::limits::Limits;
 use crate::pipe::OutputSink;
 
@@ -17,6 +20,27 @@ pub struct Preopen {
     pub host: PathBuf,
     /// Whether the guest may only read.
     pub read_only: bool,
+}
+
+/// Gives the guest of `wasi` the directories `dirs`.
+///
+/// # Errors
+/// [`Code::Io`] naming a directory that cannot be opened.
+pub(crate) fn preopen(wasi: &mut WasiCtxBuilder, dirs: &[Preopen]) -> Result<()> {
+    for d in dirs {
+        let perms = if d.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        wasi.preopened_dir(&d.host, &d.guest, perms).map_err(|e| {
+            Error::new(
+                Code::Io,
+                format!("cannot open directory {}: {}", d.host.display(), chain(&e)),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// One environment variable: its name and value, as bytes.

@@ -8,12 +8,12 @@ use bytes::Bytes;
 use wasmtime::{PoolConcurrencyLimitError, Store, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::runtime::in_tokio;
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder, WasiView};
+use wasmtime_wasi::{WasiCtxBuilder, WasiView};
 
 use super::command::START;
 use super::environ::Environ;
 use super::host::Host;
-use super::request::Request;
+use super::request::{preopen, Request};
 use crate::body::{Body, StreamedStdin};
 use crate::error::{chain, Code, Error, Result};
 use crate::limits::{Limits, MAX_STDERR};
@@ -77,18 +77,8 @@ impl Runtime {
             .stderr(stderr.clone())
             // No async runtime round trip for file operations.
             .allow_blocking_current_thread(true);
-        for d in &req.dirs {
-            let perms = if d.read_only {
-                FsPerms::ReadOnly
-            } else {
-                FsPerms::ReadWrite
-            };
-            if let Err(e) = wasi.preopened_dir(&d.host, &d.guest, perms) {
-                return Outcome::failed(Error::new(
-                    Code::Io,
-                    format!("cannot open directory {}: {}", d.host.display(), chain(&e)),
-                ));
-            }
+        if let Err(e) = preopen(&mut wasi, &req.dirs) {
+            return Outcome::failed(e);
         }
         let limits = StoreLimitsBuilder::new()
             .memory_size(req.limits.max_memory)

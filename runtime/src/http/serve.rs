@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimitsBuilder};
 use wasmtime_wasi::runtime::in_tokio;
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
@@ -24,7 +24,7 @@ use wasmtime_wasi_http::WasiHttpView;
 use super::body::IncomingBody;
 use super::host::HttpHost;
 use super::request::{HeadSink, Request};
-use crate::cgi::Outcome;
+use crate::cgi::{preopen, Outcome};
 use crate::error::{chain, Code, Error, Result};
 use crate::limits::{time_left, MAX_STDERR};
 use crate::outcome::{classify, timed_out};
@@ -80,18 +80,8 @@ impl Runtime {
                 String::from_utf8_lossy(v).as_ref(),
             );
         }
-        for d in &req.dirs {
-            let perms = if d.read_only {
-                FsPerms::ReadOnly
-            } else {
-                FsPerms::ReadWrite
-            };
-            if let Err(e) = wasi.preopened_dir(&d.host, &d.guest, perms) {
-                return Outcome::failed(Error::new(
-                    Code::Io,
-                    format!("cannot open directory {}: {}", d.host.display(), chain(&e)),
-                ));
-            }
+        if let Err(e) = preopen(&mut wasi, &req.dirs) {
+            return Outcome::failed(e);
         }
         let mut table = ResourceTable::new();
         table.set_max_capacity(HTTP_HANDLES + req.dirs.len() + limits.max_open_files as usize);
