@@ -233,3 +233,36 @@ fn a_component_without_a_handler_fails_configtest_naming_it() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_client_leaving_mid_response_frees_the_slot_for_the_next_request() {
+    let site = component("/probe", "probe-py", "")
+        + "WasmPoolShards 1\n<Location /wasm-status>\n  SetHandler wasm-status\n</Location>\n";
+    let s = Apache::start(&site);
+    let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /probe/big?50 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0;
+    while got < 2 << 20 {
+        got += c.read(&mut buf).unwrap();
+    }
+    drop(c);
+    // The guest's next write fails, its request ends, its slot comes back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e2e::status::fetch(s.port, "/wasm-status", "Busy") != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the slot stayed busy: {}",
+            s.error_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(s.port, "/probe/head").status, 200);
+    assert!(
+        s.error_log().contains("could not be sent"),
+        "{}",
+        s.error_log()
+    );
+}
