@@ -266,3 +266,27 @@ fn a_client_leaving_mid_response_frees_the_slot_for_the_next_request() {
         s.error_log()
     );
 }
+
+#[test]
+fn a_component_with_unknown_imports_fails_configtest_naming_them() {
+    let dir = e2e::apache::scratch_dir("componentimports");
+    let wasm = wat::parse_str(
+        r#"(component (import "acme:mystery/thing" (instance (export "poke" (func)))))"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("imports.wasm"), wasm).unwrap();
+    let site = format!(
+        "<Location /x>\n  SetHandler wasm-handler\n  WasmModule {}/imports.wasm\n</Location>\n",
+        dir.display()
+    );
+    let (ok, out) = e2e::apache::configtest(&Options::new(&site).cache_dir(&dir.join("cache")));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("imports.wasm")
+            && out.contains("does not provide")
+            && out.contains("acme:mystery/thing")
+            && out.contains("httpd.conf:"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
