@@ -13,7 +13,7 @@ use wasmtime::Engine;
 use crate::cgi;
 use crate::error::{Code, Error, Result};
 use crate::http;
-use crate::runtime::{entry_kind, ModuleSpec};
+use crate::runtime::ModuleSpec;
 
 /// How requests run a module.
 pub(crate) enum Executor {
@@ -46,16 +46,28 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Loads `spec` into `engine`, with the linkers of `linkers`.
-    pub(crate) fn load(engine: &Engine, linkers: &Linkers, spec: &ModuleSpec) -> Result<Loaded> {
-        let (executor, min_memory) = match entry_kind(spec)? {
-            Kind::Command => {
+    /// Loads `spec`, a module of `kind`, into `engine`, with the linkers of
+    /// `linkers`.
+    pub(crate) fn load(
+        engine: &Engine,
+        linkers: &Linkers,
+        spec: &ModuleSpec,
+        kind: Kind,
+    ) -> Result<Loaded> {
+        let (executor, min_memory) = match (kind, &linkers.http) {
+            (Kind::Command, _) => {
                 let (c, m) = cgi::Command::load(engine, &linkers.command, spec)?;
                 (Executor::Command(c), m)
             }
-            Kind::Http => {
-                let (p, m) = http::Proxy::load(engine, &linkers.http, spec)?;
+            (Kind::Http, Some(linker)) => {
+                let (p, m) = http::Proxy::load(engine, linker, spec)?;
                 (Executor::Http(p), m)
+            }
+            (Kind::Http, None) => {
+                return Err(Error::new(
+                    Code::Internal,
+                    format!("{}: no component linker was made", spec.name),
+                ))
             }
         };
         Ok(Loaded {
@@ -110,15 +122,22 @@ impl Loaded {
 /// The host functions of each kind of module, made once per engine.
 pub(crate) struct Linkers {
     command: wasmtime::Linker<cgi::Host>,
-    http: wasmtime::component::Linker<http::HttpHost>,
+    /// Only when a component is configured: it defines all of WASI 0.2
+    /// and `wasi:http`, work a child of command modules need not do.
+    http: Option<wasmtime::component::Linker<http::HttpHost>>,
 }
 
 impl Linkers {
-    /// The linkers for `engine`.
-    pub(crate) fn new(engine: &Engine) -> Result<Linkers> {
+    /// The linkers for `engine` and modules of `kinds`.
+    pub(crate) fn new(engine: &Engine, kinds: &[Kind]) -> Result<Linkers> {
+        let http = if kinds.contains(&Kind::Http) {
+            Some(http::host::linker(engine)?)
+        } else {
+            None
+        };
         Ok(Linkers {
             command: cgi::host::linker(engine)?,
-            http: http::host::linker(engine)?,
+            http,
         })
     }
 }

@@ -140,7 +140,7 @@ impl Runtime {
     ) -> std::result::Result<Runtime, BuildError> {
         let engine_options = options.engine;
         let slots = options.slots;
-        let pool = pool_for(specs, engine_options)?;
+        let (pool, kinds) = pool_for(specs, engine_options)?;
         let shares = split(slots, options.shards.unwrap_or_else(|| auto_shards(slots)));
         let count = shares.len();
         let shards = shares
@@ -154,7 +154,7 @@ impl Runtime {
                 let engine = runtime_engine(&size, engine_options).map_err(|e| {
                     BuildError::pool(pool_failure(&pool, &shares, engine_options, e))
                 })?;
-                Shard::new(engine, specs, share).map_err(|mut e| {
+                Shard::new(engine, specs, &kinds, share).map_err(|mut e| {
                     if count > 1 {
                         e.error.message =
                             format!("shard {} of {count}: {}", i + 1, e.error.message);
@@ -272,18 +272,21 @@ impl Runtime {
 }
 
 impl Shard {
-    /// `engine`, whose pool has `slots` slots, with every module in it.
+    /// `engine`, whose pool has `slots` slots, with every module in it
+    /// (`kinds[i]`: what `specs[i]` is).
     fn new(
         engine: Engine,
         specs: &[ModuleSpec],
+        kinds: &[Kind],
         slots: u32,
     ) -> std::result::Result<Shard, BuildError> {
-        let linkers = Linkers::new(&engine).map_err(BuildError::pool)?;
+        let linkers = Linkers::new(&engine, kinds).map_err(BuildError::pool)?;
         let modules = specs
             .iter()
+            .zip(kinds)
             .enumerate()
-            .map(|(i, spec)| {
-                Loaded::load(&engine, &linkers, spec).map_err(|error| BuildError {
+            .map(|(i, (spec, &kind))| {
+                Loaded::load(&engine, &linkers, spec, kind).map_err(|error| BuildError {
                     module: Some(i),
                     error,
                 })
@@ -317,7 +320,8 @@ impl BuildError {
     }
 }
 
-/// The pool sizes `specs` need, read from the modules themselves: loading
+/// The pool sizes `specs` need, and what each of them is (read once, for
+/// every shard), read from the modules themselves: loading
 /// them needs an engine, so they are loaded into a probe engine first. The
 /// probe allocates on demand: it never instantiates, and a pool roomy
 /// enough for any module would reserve more address space (16 GiB) than the
@@ -326,19 +330,22 @@ impl BuildError {
 fn pool_for(
     specs: &[ModuleSpec],
     engine_options: EngineOptions,
-) -> std::result::Result<PoolSize, BuildError> {
+) -> std::result::Result<(PoolSize, Vec<Kind>), BuildError> {
     let on_demand = EngineOptions {
         pooling: false,
         ..engine_options
     };
     let probe = runtime_engine(&PoolSize::with_slots(1), on_demand).map_err(BuildError::pool)?;
     let mut pool = PoolSize::with_slots(1);
+    let mut kinds = Vec::with_capacity(specs.len());
     for (i, spec) in specs.iter().enumerate() {
         let at = |error| BuildError {
             module: Some(i),
             error,
         };
-        let need = match entry_kind(spec).map_err(at)? {
+        let kind = entry_kind(spec).map_err(at)?;
+        kinds.push(kind);
+        let need = match kind {
             Kind::Command => load_module(&probe, spec).map_err(at)?.resources_required(),
             Kind::Http => {
                 pool.components = true;
@@ -353,7 +360,7 @@ fn pool_for(
             pool.table_elements = pool.table_elements.max(t as usize);
         }
     }
-    Ok(pool)
+    Ok((pool, kinds))
 }
 
 /// `cause`, the failure to create the engine of one of the shards (with

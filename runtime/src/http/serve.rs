@@ -128,6 +128,7 @@ impl Runtime {
         };
         let pre = &proxy.pre;
         let (head, output) = (req.head, req.output);
+        let sent_bytes = std::cell::Cell::new(0usize);
         let joined = in_tokio(async {
             let guest = async move {
                 let called = async {
@@ -141,7 +142,7 @@ impl Runtime {
                 drop(store);
                 called
             };
-            let send = send_response(rx, head, output, limits.max_output, deadline);
+            let send = send_response(rx, head, output, limits.max_output, deadline, &sent_bytes);
             tokio::time::timeout_at(deadline.into(), async { tokio::join!(guest, send) }).await
         });
         drop(lease);
@@ -160,7 +161,7 @@ impl Runtime {
             result,
             exit_code,
             stdout: Output::default(),
-            streamed: 0,
+            streamed: sent_bytes.get(),
             stderr: log.to_bytes(),
             stderr_truncated: log_truncated,
         }
@@ -239,6 +240,7 @@ async fn send_response(
     mut output: Option<Box<dyn OutputSink>>,
     max_output: usize,
     deadline: Instant,
+    sent_bytes: &std::cell::Cell<usize>,
 ) -> Sent {
     let response = match rx.await {
         Ok(Ok(r)) => r,
@@ -278,6 +280,7 @@ async fn send_response(
             if let Err(e) = out.send(&[data], timeout) {
                 return Sent::Failed(e);
             }
+            sent_bytes.set(written);
         }
     }
     Sent::Complete
