@@ -24,10 +24,11 @@ INTERP      := $(BUILD)/interp/micropython.wasm $(BUILD)/interp/python-3.12.0.wa
 
 # wasi:http components (guests/http/), built with registry toolchains.
 PY_COMPONENTS := $(patsubst guests/http/%.py,$(BUILD)/components/%-py.wasm,$(wildcard guests/http/*.py))
+C_COMPONENTS  := $(patsubst guests/http/c/%.c,$(BUILD)/components/%-c.wasm,$(filter-out %/response.c,$(wildcard guests/http/c/*.c)))
 
 .PHONY: all deps run stop test unit e2e install clean fmt lint bench
 
-all: $(BUILD)/mod_wasm.so $(GUESTS) $(INTERP) $(PY_COMPONENTS)
+all: $(BUILD)/mod_wasm.so $(GUESTS) $(INTERP) $(PY_COMPONENTS) $(C_COMPONENTS)
 
 # Interpreters come from PyPI, pinned and checksummed (never committed).
 $(INTERP): scripts/fetch-interpreters
@@ -56,7 +57,10 @@ $(BUILD)/mod_wasm.so: $(SHIM_SRC) mod_wasm_c/mod_wasm.h runtime/include/wasm_run
 	install -m 644 mod_wasm_c/.libs/mod_wasm.so $@
 
 $(BUILD)/components/%-py.wasm: guests/http/%.py scripts/build-components Cargo.lock
-	scripts/build-components $*
+	scripts/build-components $*-py
+
+$(BUILD)/components/%-c.wasm: guests/http/c/%.c guests/http/c/response.c guests/http/c/response.h scripts/build-components Cargo.lock
+	scripts/build-components $*-c
 
 $(BUILD)/guests/%.wasm: guests/%.c
 	@mkdir -p $(dir $@)
@@ -67,6 +71,12 @@ run: deps all
 
 stop:
 	@scripts/demo stop
+
+# Some unit tests fork (as the server's parent does to compile) while other
+# test threads run: an error's backtrace being captured by one of them at
+# that moment would leave its lock held in the child for good. Errors need
+# no backtrace; panics still print theirs (RUST_BACKTRACE).
+export RUST_LIB_BACKTRACE := 0
 
 test: deps all
 	$(CARGO) test --release --locked --workspace --exclude mod_wasm_bench -- --test-threads=2

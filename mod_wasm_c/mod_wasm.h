@@ -96,6 +96,7 @@ typedef struct {
     apr_uint64_t max_memory;    /* WasmMaxMemory in bytes, 0: unset */
     apr_uint64_t max_output;    /* WasmMaxOutput in bytes, 0: unset */
     int max_open_files;         /* WasmMaxOpenFiles, 0: unset */
+    int instance_reuse;         /* WasmInstanceReuse, 0: unset (1) */
     int trap_unknown;           /* WasmTrapUnknownImports, -1: unset */
     int script_arg;             /* WasmScriptArg, -1: unset */
 } wasm_dir_conf;
@@ -161,6 +162,8 @@ void wasm_http_build(request_rec *r, const wasm_dir_conf *conf,
                      wasm_rt_request *req);
 int32_t wasm_send_head_cb(void *data, int32_t status,
                           const wasm_rt_field *headers, size_t n);
+int32_t wasm_send_trailers_cb(void *data, const wasm_rt_field *fields,
+                              size_t n);
 
 /* wasm_cgi.c */
 int wasm_handler(request_rec *r);

@@ -605,6 +605,7 @@ int wasm_handler(request_rec *r)
     req.max_memory = conf->max_memory;
     req.max_output = conf->max_output;
     req.max_open_files = conf->max_open_files;
+    req.instance_reuse = conf->instance_reuse;
 
     /* From the request pool: the guard filter may still be called, after
      * the handler returned, by the core's end of the request. */
@@ -616,6 +617,7 @@ int wasm_handler(request_rec *r)
     req.io.send_output = wasm_send_output_cb;
     if (info.kind == WASM_RT_KIND_HTTP) {
         req.io.send_head = wasm_send_head_cb;
+        req.io.send_trailers = wasm_send_trailers_cb;
     }
     /* A request without a body (most GETs) gives the guest an empty stdin
      * and needs no guard: only reading a body can make HTTP_IN end the

@@ -80,6 +80,8 @@ void *wasm_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     conf->max_output = add->max_output ? add->max_output : base->max_output;
     conf->max_open_files = add->max_open_files ? add->max_open_files
                                                : base->max_open_files;
+    conf->instance_reuse = add->instance_reuse ? add->instance_reuse
+                                               : base->instance_reuse;
     conf->trap_unknown = add->trap_unknown >= 0 ? add->trap_unknown
                                                 : base->trap_unknown;
     conf->script_arg = add->script_arg >= 0 ? add->script_arg
@@ -411,6 +413,17 @@ static const char *wasm_cmd_max_open_files(cmd_parms *cmd, void *dconf,
     return NULL;
 }
 
+static const char *wasm_cmd_instance_reuse(cmd_parms *cmd, void *dconf,
+                                           const char *arg)
+{
+    if (!wasm_parse_count(arg, 1000000,
+                          &((wasm_dir_conf *)dconf)->instance_reuse)) {
+        return apr_psprintf(cmd->pool, "WasmInstanceReuse: '%s' is not a "
+                            "number between 1 and 1000000", arg);
+    }
+    return NULL;
+}
+
 const command_rec wasm_cmds[] = {
     AP_INIT_TAKE1("WasmModule", wasm_cmd_module, NULL, RSRC_CONF | ACCESS_CONF,
                   "path of the WebAssembly (WASI command) module to run"),
@@ -454,6 +467,10 @@ const command_rec wasm_cmds[] = {
                   RSRC_CONF | ACCESS_CONF,
                   "most files and directories one request may have open at "
                   "once"),
+    AP_INIT_TAKE1("WasmInstanceReuse", wasm_cmd_instance_reuse, NULL,
+                  RSRC_CONF | ACCESS_CONF,
+                  "requests one instance of a component may serve, in turn "
+                  "(1: a fresh instance for each)"),
     AP_INIT_TAKE1("WasmCacheMaxAge", wasm_cmd_cache_max_age, NULL, RSRC_CONF,
                   "how long an unused compiled module stays cached"),
     AP_INIT_TAKE1("WasmPoolSlots", wasm_cmd_pool_slots, NULL, RSRC_CONF,

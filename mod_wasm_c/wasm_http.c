@@ -128,3 +128,42 @@ int32_t wasm_send_head_cb(void *data, int32_t status,
     io->head_scanned = 1;
     return 0;
 }
+
+/* Whether this child has warned of dropped trailers: a guest that always
+ * sends them would otherwise fill the log, one line per request. */
+static int wasm_trailers_warned;
+
+/* wasm_rt_io.send_trailers: HTTP/2 sends r->trailers_out (mod_http2 does,
+ * at the end of the body); httpd 2.4's HTTP/1.1 chunk filter cannot send
+ * trailers, so for those clients they are dropped, and said so. */
+int32_t wasm_send_trailers_cb(void *data, const wasm_rt_field *fields,
+                              size_t n)
+{
+    wasm_io *io = data;
+    request_rec *r = io->r;
+    size_t i;
+
+    if (r->proto_num >= 2000) {
+        for (i = 0; i < n; i++) {
+            apr_table_add(r->trailers_out,
+                          apr_pstrmemdup(r->pool, (const char *)fields[i].name,
+                                         fields[i].name_len),
+                          apr_pstrmemdup(r->pool, (const char *)fields[i].value,
+                                         fields[i].value_len));
+        }
+        return 0;
+    }
+    if (n > 0) {
+        int level = wasm_trailers_warned ? APLOG_DEBUG : APLOG_WARNING;
+
+        wasm_trailers_warned = 1;
+        ap_log_rerror(APLOG_MARK, level, 0, r, WASMLOGNO(00066)
+                      "%s: the guest's %" APR_SIZE_T_FMT " trailer field(s) "
+                      "(the first: %.*s) are dropped: %s cannot carry "
+                      "trailers (later ones in this child are logged at "
+                      "debug level)", io->module_path, n,
+                      (int)(fields[0].name_len > 64 ? 64 : fields[0].name_len),
+                      (const char *)fields[0].name, r->protocol);
+    }
+    return 0;
+}

@@ -19,6 +19,10 @@ from wit_world.imports.types import (
 # wasi:io allows at most 4096 bytes per blocking_write_and_flush.
 WRITE = 4096
 
+# Requests this instance has served: 1 every time unless instances are
+# reused (WasmInstanceReuse).
+served = 0
+
 
 def method_name(m):
     if isinstance(m, types.Method_Other):
@@ -44,8 +48,9 @@ def write_all(out, data):
         out.blocking_write_and_flush(data[i:i + WRITE])
 
 
-def respond(response_out, parts, status=200, ctype=b"text/plain", pause=0.0, then=None):
-    resp = OutgoingResponse(Fields.from_list([("content-type", ctype)]))
+def respond(response_out, parts, status=200, ctype=b"text/plain", pause=0.0, then=None,
+            headers=(), trailers=None):
+    resp = OutgoingResponse(Fields.from_list([("content-type", ctype), *headers]))
     resp.set_status_code(status)
     body = resp.body()
     ResponseOutparam.set(response_out, Ok(resp))
@@ -56,7 +61,7 @@ def respond(response_out, parts, status=200, ctype=b"text/plain", pause=0.0, the
             write_all(out, part)
         if then:
             then()
-    OutgoingBody.finish(body, None)
+    OutgoingBody.finish(body, trailers)
 
 
 def fail():
@@ -65,6 +70,8 @@ def fail():
 
 class IncomingHandler(exports.IncomingHandler):
     def handle(self, request: IncomingRequest, response_out: ResponseOutparam) -> None:
+        global served
+        served += 1
         path = request.path_with_query() or "/"
         action, _, query = path.rsplit("/", 1)[-1].partition("?")
         if action == "head":
@@ -83,12 +90,31 @@ class IncomingHandler(exports.IncomingHandler):
         elif action == "slow":
             respond(response_out, [b"first\n", b"second\n"], pause=1.0)
         elif action == "big":
+            # big?MIB: that many MiB, one buffer written again and again.
             mib = int(query or "1")
-            respond(response_out, [b"x" * (1 << 20)] * mib)
+            respond(response_out, [b"x" * WRITE] * (mib << 20 >> 12))
         elif action == "trap-before":
             fail()
         elif action == "trap-after":
             respond(response_out, [b"partial"], then=fail)
+        elif action == "count":
+            respond(response_out, [str(served).encode()])
+        elif action == "length":
+            # length?SAID,WROTE: a content-length of SAID, WROTE bytes written.
+            said, wrote = (int(n) for n in query.split(","))
+            respond(response_out, [b"x" * wrote], headers=[("content-length", str(said).encode())])
+        elif action == "trailers":
+            respond(response_out, [b"body\n"], trailers=Fields.from_list([("x-checksum", b"42")]))
+        elif action == "grow":
+            # grow?MIB: that much memory before the head is set.
+            hog = bytearray(int(query) << 20)
+            respond(response_out, [str(len(hog)).encode()])
+        elif action == "grow-after":
+            respond(response_out, [b"partial"], then=lambda: bytearray(int(query) << 20))
+        elif action == "late":
+            # 64 KiB at once, then the rest of 16 MiB after a pause.
+            first = 64 << 10
+            respond(response_out, [b"x" * first, b"y" * ((16 << 20) - first)], pause=0.2)
         elif action == "spin":
             while True:
                 pass

@@ -94,6 +94,11 @@ typedef struct wasm_rt_io {
      * modules, whose head is in their output. */
     int32_t (*send_head)(void *ctx, int32_t status,
                          const wasm_rt_field *headers, size_t n);
+    /* A component's response trailers, after the last of its body: `n`
+     * fields as for send_head. Returns 0, or -1 when they cannot be sent
+     * (the response then ends as cut). NULL: trailers are dropped. */
+    int32_t (*send_trailers)(void *ctx, const wasm_rt_field *fields,
+                             size_t n);
 } wasm_rt_io;
 
 /* One request. Arrays and strings are borrowed for the duration of the call. */
@@ -119,6 +124,8 @@ typedef struct wasm_rt_request {
     const char *path_with_query;    /* as the client sent it */
     const wasm_rt_field *headers;   /* hop-by-hop ones left out */
     size_t nheaders;
+    uint32_t instance_reuse;        /* requests one instance may serve
+                                     * (WasmInstanceReuse); 0 or 1: one */
 } wasm_rt_request;
 
 /* The result of one request, owned by the runtime until wasm_rt_response_free. */
@@ -145,7 +152,7 @@ const char *wasm_rt_version(void);
  * whose wasm_rt_abi_version() differs from the WASM_RT_ABI_VERSION it was
  * compiled with (a mismatched pair would misread arguments, not fail).
  */
-#define WASM_RT_ABI_VERSION 4
+#define WASM_RT_ABI_VERSION 5
 uint32_t wasm_rt_abi_version(void);
 
 /*

@@ -16,6 +16,8 @@ pub const DEFAULT_MAX_MEMORY: usize = 256 << 20;
 pub const DEFAULT_MAX_OUTPUT: usize = 64 << 20;
 /// Default of `WasmMaxOpenFiles`.
 pub const DEFAULT_MAX_OPEN_FILES: u32 = 128;
+/// Default of `WasmInstanceReuse`: a fresh instance for every request.
+pub const DEFAULT_INSTANCE_REUSE: u32 = 1;
 /// Most stderr kept per request; the rest is dropped (and said so in the log).
 pub const MAX_STDERR: usize = 64 << 10;
 /// Default of `WasmCacheMaxAge`.
@@ -104,6 +106,69 @@ pub fn parse_size(text: &str) -> Result<u64> {
         ));
     }
     Ok(value)
+}
+
+/// `StoreLimits` that remember whether they refused memory, so that a guest
+/// that fails after a refused `memory.grow` (an interpreter raising its
+/// out-of-memory error) is reported as having reached `WasmMaxMemory`.
+pub(crate) struct MemoryCap {
+    limits: wasmtime::StoreLimits,
+    /// Whether a `memory.grow` was refused since the last [`MemoryCap::refused`].
+    refused: bool,
+}
+
+impl MemoryCap {
+    /// At most `max_memory` bytes per memory; a refused growth returns -1 to
+    /// the guest, which can cope (the store's other limits: Wasmtime's
+    /// defaults).
+    pub(crate) fn new(max_memory: usize) -> MemoryCap {
+        MemoryCap {
+            limits: wasmtime::StoreLimitsBuilder::new()
+                .memory_size(max_memory)
+                .trap_on_grow_failure(false)
+                .build(),
+            refused: false,
+        }
+    }
+
+    /// Whether memory was refused since the last call.
+    pub(crate) fn refused(&mut self) -> bool {
+        std::mem::take(&mut self.refused)
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = self.limits.memory_growing(current, desired, maximum)?;
+        self.refused |= !ok;
+        Ok(ok)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
 }
 
 #[cfg(test)]

@@ -228,7 +228,10 @@ impl CappedPipe {
     pub fn take(&self) -> (Output, bool) {
         let mut s = self.state();
         s.flush_tail();
-        (std::mem::take(&mut s.out), s.overflowed)
+        (
+            std::mem::take(&mut s.out),
+            std::mem::take(&mut s.overflowed),
+        )
     }
 
     /// Bytes handed to the sink so far.

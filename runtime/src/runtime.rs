@@ -18,6 +18,7 @@ use crate::engine::{
 };
 use crate::error::{chain, Code, Error, Result};
 use crate::executor::{Kind, Linkers, Loaded};
+use crate::http::{Kept, Shelf};
 use crate::limits::{human_size, Limits};
 use crate::shard::{auto_shards, split, take, HomeShards, SlotCounter};
 use crate::status::ShardStatus;
@@ -80,6 +81,8 @@ pub(crate) struct Shard {
     /// own copy of every module.
     modules: Vec<Loaded>,
     counter: SlotCounter,
+    /// Component instances kept for reuse, each holding one slot.
+    shelf: Shelf,
 }
 
 impl AsRef<SlotCounter> for Shard {
@@ -89,7 +92,8 @@ impl AsRef<SlotCounter> for Shard {
 }
 
 /// A slot held in a shard for the length of one request; only
-/// [`Runtime::lease`] makes one, after taking the slot.
+/// [`Runtime::lease`] and [`Runtime::lease_reusing`] make one, after taking
+/// the slot.
 pub(crate) struct Lease<'a> {
     shard: &'a Shard,
 }
@@ -103,6 +107,16 @@ impl<'a> Lease<'a> {
     /// Module `index` as loaded into the slot's shard.
     pub(crate) fn module(&self, index: usize) -> &'a Loaded {
         &self.shard.modules[index]
+    }
+}
+
+impl Lease<'_> {
+    /// Keeps `kept` in the slot's shard for a later request; the slot stays
+    /// taken until a request takes the instance or evicts it.
+    pub(crate) fn keep(self, kept: Kept) {
+        self.shard.shelf.put(kept);
+        // The slot now belongs to the kept instance: not given back.
+        std::mem::forget(self);
     }
 }
 
@@ -179,7 +193,8 @@ impl Runtime {
 
     /// A slot for one request of module `index` under `limits`: in the
     /// shard of the calling thread's CPU, or in the next one with a free
-    /// slot.
+    /// slot, or else the slot of an instance kept for reuse, which is
+    /// dropped.
     ///
     /// # Errors
     /// [`Code::InvalidArgument`] for an unknown module,
@@ -188,6 +203,37 @@ impl Runtime {
     /// message says what to change), [`Code::PoolExhausted`] when every
     /// slot is busy.
     pub(crate) fn lease(&self, index: usize, limits: &Limits) -> Result<Lease<'_>> {
+        let module = self.checked(index, limits)?;
+        self.free_slot(&module.name)
+    }
+
+    /// [`Runtime::lease`] for a component's request `req`, with the instance
+    /// kept for one like it when its section reuses instances
+    /// (`WasmInstanceReuse`) and one is kept.
+    ///
+    /// # Errors
+    /// As [`Runtime::lease`].
+    pub(crate) fn lease_reusing(
+        &self,
+        index: usize,
+        req: &crate::http::Request<'_>,
+    ) -> Result<(Lease<'_>, Option<Kept>)> {
+        let module = self.checked(index, &req.limits)?;
+        if req.reuse > 1 {
+            let home = self.homes.current();
+            let n = self.shards.len();
+            for shard in (0..n).map(|i| &self.shards[(home + i) % n]) {
+                if let Some(kept) = shard.shelf.take(index, req) {
+                    shard.counter.count_reuse();
+                    return Ok((Lease { shard }, Some(kept)));
+                }
+            }
+        }
+        Ok((self.free_slot(&module.name)?, None))
+    }
+
+    /// Module `index`, if `limits` let it run.
+    fn checked(&self, index: usize, limits: &Limits) -> Result<&Loaded> {
         let module = self.module(index).ok_or_else(|| {
             Error::new(
                 Code::InvalidArgument,
@@ -206,13 +252,23 @@ impl Runtime {
                 ),
             ));
         }
-        match take(&self.shards, self.homes.current()) {
-            Some(shard) => Ok(Lease { shard }),
-            None => {
-                self.exhausted.fetch_add(1, Ordering::Relaxed);
-                Err(self.pool_exhausted(&module.name))
+        Ok(module)
+    }
+
+    /// A free slot, or the slot of the instance kept longest (dropped).
+    fn free_slot(&self, name: &str) -> Result<Lease<'_>> {
+        if let Some(shard) = take(&self.shards, self.homes.current()) {
+            return Ok(Lease { shard });
+        }
+        for shard in &self.shards {
+            if let Some(kept) = shard.shelf.evict() {
+                drop(kept);
+                shard.counter.count_reuse();
+                return Ok(Lease { shard });
             }
         }
+        self.exhausted.fetch_add(1, Ordering::Relaxed);
+        Err(self.pool_exhausted(name))
     }
 
     /// The error of a request that finds every slot busy.
@@ -254,6 +310,7 @@ impl Runtime {
             .map(|s| ShardStatus {
                 slots: s.counter.slots(),
                 busy: s.counter.busy(),
+                kept: s.shelf.len() as u32,
                 served: s.counter.taken(),
             })
             .collect()
@@ -296,6 +353,7 @@ impl Shard {
             engine,
             modules,
             counter: SlotCounter::new(slots),
+            shelf: Shelf::default(),
         })
     }
 }

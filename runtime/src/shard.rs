@@ -86,6 +86,12 @@ impl SlotCounter {
         took
     }
 
+    /// Counts a request served by a slot that stayed taken (an instance
+    /// kept for reuse).
+    pub(crate) fn count_reuse(&self) {
+        self.taken.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Returns a slot [`take`] gave out.
     pub(crate) fn give_back(&self) {
         self.busy.fetch_sub(1, Ordering::Release);

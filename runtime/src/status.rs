@@ -53,6 +53,8 @@ impl Runtime {
         let _ = writeln!(out, "SlotsPerShard: {}", join(&|s| s.slots.to_string()));
         let _ = writeln!(out, "Busy: {}", shards.iter().map(|s| s.busy).sum::<u32>());
         let _ = writeln!(out, "BusyPerShard: {}", join(&|s| s.busy.to_string()));
+        // Kept instances are counted in Busy: each holds its slot.
+        let _ = writeln!(out, "Kept: {}", shards.iter().map(|s| s.kept).sum::<u32>());
         let _ = writeln!(
             out,
             "Requests: {}",
@@ -73,8 +75,10 @@ impl Runtime {
 pub struct ShardStatus {
     /// Its share of the slots.
     pub slots: u32,
-    /// Slots in use now.
+    /// Slots in use now (kept instances included).
     pub busy: u32,
+    /// Component instances kept for reuse now (`WasmInstanceReuse`).
+    pub kept: u32,
     /// Requests that got a slot in it so far.
     pub served: u64,
 }

@@ -67,7 +67,7 @@ fn abi_version_matches() {
 /// The interface when `WASM_RT_ABI_VERSION` was last decided: the version
 /// and the first 16 hex digits of the SHA-256 of the header without
 /// comments, whitespace collapsed.
-const DECIDED: (u32, &str) = (4, "e737bf7a69f98350");
+const DECIDED: (u32, &str) = (5, "f526297cf82c2ce5");
 
 #[test]
 fn a_changed_interface_gets_a_decided_version() {
@@ -262,7 +262,13 @@ const FIELDS: &[(&str, &[&str])] = &[
     ),
     (
         "wasm_rt_io",
-        &["ctx", "read_body", "send_output", "send_head"],
+        &[
+            "ctx",
+            "read_body",
+            "send_output",
+            "send_head",
+            "send_trailers",
+        ],
     ),
     (
         "wasm_rt_request",
@@ -286,6 +292,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "path_with_query",
             "headers",
             "nheaders",
+            "instance_reuse",
         ],
     ),
     (
@@ -361,7 +368,15 @@ fn struct_layouts_match() {
         cache_max_age_ms,
         max_open_files
     );
-    rust_layout!(rust, wasm_rt_io, ctx, read_body, send_output, send_head);
+    rust_layout!(
+        rust,
+        wasm_rt_io,
+        ctx,
+        read_body,
+        send_output,
+        send_head,
+        send_trailers
+    );
     rust_layout!(
         rust,
         wasm_rt_request,
@@ -383,7 +398,8 @@ fn struct_layouts_match() {
         authority,
         path_with_query,
         headers,
-        nheaders
+        nheaders,
+        instance_reuse
     );
     rust_layout!(
         rust,

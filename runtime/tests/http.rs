@@ -45,6 +45,7 @@ struct Sent {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    trailers: Vec<(String, String)>,
 }
 
 #[derive(Clone, Default)]
@@ -55,6 +56,20 @@ impl HeadSink for Collect {
         let mut s = self.0.lock().unwrap();
         s.status = status;
         s.headers = headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(k).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect();
+        Ok(())
+    }
+
+    fn send_trailers(&mut self, trailers: &[(&[u8], &[u8])]) -> std::io::Result<()> {
+        let mut s = self.0.lock().unwrap();
+        s.trailers = trailers
             .iter()
             .map(|(k, v)| {
                 (
@@ -114,4 +129,73 @@ fn a_python_component_answers_with_its_head_and_body() {
         );
     }
     assert!(rt.shard_status().iter().all(|s| s.busy == 0));
+}
+
+/// `path` of the probe component, its instances reused `reuse` times;
+/// returns the status and the body.
+fn probe(rt: &Runtime, path: &str, reuse: u32) -> (u16, String) {
+    let (mut req, c) = get(path);
+    req.reuse = reuse;
+    let _ = rt.serve(0, req).result;
+    let s = c.0.lock().unwrap();
+    (s.status, String::from_utf8_lossy(&s.body).into_owned())
+}
+
+#[test]
+fn an_instance_is_reused_only_as_often_as_allowed_and_never_after_a_trap() {
+    let rt = runtime("probe-py");
+    // A fresh instance for every request by default.
+    for _ in 0..2 {
+        assert_eq!(probe(&rt, "/count", 1), (200, "1".into()));
+    }
+    assert_eq!(rt.shard_status().iter().map(|s| s.kept).sum::<u32>(), 0);
+    // Reused three times: the guest's state carries over, then a fresh one.
+    let counts: Vec<String> = (0..4).map(|_| probe(&rt, "/count", 3).1).collect();
+    assert_eq!(counts, ["1", "2", "3", "1"]);
+    assert_eq!(rt.shard_status().iter().map(|s| s.kept).sum::<u32>(), 1);
+    // A trap discards the instance: the next request starts afresh.
+    assert_eq!(probe(&rt, "/trap-before", 3).0, 0);
+    assert_eq!(probe(&rt, "/count", 3).1, "1");
+    // Another configuration (its environment) never gets that instance.
+    let (mut req, c) = get("/count");
+    req.reuse = 3;
+    req.env = vec![(b"MODE".as_slice().into(), b"other".as_slice().into())];
+    rt.serve(0, req).result.unwrap();
+    assert_eq!(String::from_utf8_lossy(&c.0.lock().unwrap().body), "1");
+    // Both kept instances hold a slot of the two; a third configuration
+    // evicts one instead of being turned away.
+    let (mut req, c) = get("/count");
+    req.reuse = 3;
+    req.args = vec!["third".into()];
+    rt.serve(0, req).result.unwrap();
+    assert_eq!(String::from_utf8_lossy(&c.0.lock().unwrap().body), "1");
+    let st = rt.shard_status();
+    assert_eq!(st.iter().map(|s| s.kept).sum::<u32>(), 2);
+    assert_eq!(st.iter().map(|s| s.busy).sum::<u32>(), 2);
+    assert_eq!(rt.exhausted(), 0);
+}
+
+#[test]
+fn trailers_follow_the_body_and_a_content_length_is_held_to() {
+    let rt = runtime("probe-py");
+    let (req, c) = get("/trailers");
+    rt.serve(0, req).result.unwrap();
+    let s = c.0.lock().unwrap();
+    assert_eq!(String::from_utf8_lossy(&s.body), "body\n");
+    assert_eq!(s.trailers, [("x-checksum".to_string(), "42".to_string())]);
+    drop(s);
+    // A body that matches its content-length is sent whole.
+    let (req, c) = get("/length?5,5");
+    rt.serve(0, req).result.unwrap();
+    assert_eq!(c.0.lock().unwrap().body.len(), 5);
+    // Shorter or longer than said: the response fails, and says why.
+    for q in ["3,5", "9,5"] {
+        let (req, _) = get(&format!("/length?{q}"));
+        let e = rt.serve(0, req).result.unwrap_err();
+        assert!(
+            e.message.contains("does not match its content-length"),
+            "{q}: {}",
+            e.message
+        );
+    }
 }

@@ -15,12 +15,17 @@ fn component(path: &str, name: &str, extra: &str) -> String {
 }
 
 fn hello_under(mpm: Mpm) {
-    let s = Apache::start_with(Options::new(&component("/py", "hello-py", "")).mpm(mpm));
+    let site = component("/py", "hello-py", "") + &component("/c", "hello-c", "");
+    let s = Apache::start_with(Options::new(&site).mpm(mpm));
     for _ in 0..3 {
         let r = get(s.port, "/py/a?b=1");
         assert_eq!(r.status, 200, "{}", s.error_log());
         assert_eq!(r.header("content-type"), Some("text/plain"));
         assert_eq!(r.text(), "Hello from Python, /py/a?b=1");
+        let r = get(s.port, "/c/a?b=1");
+        assert_eq!(r.status, 200, "{}", s.error_log());
+        assert_eq!(r.header("content-type"), Some("text/plain"));
+        assert_eq!(r.text(), "Hello from C, /c/a?b=1");
     }
     // HEAD runs the guest and sends no body.
     let r = Request::new("HEAD", "/py/").send(s.port).unwrap();
@@ -29,17 +34,17 @@ fn hello_under(mpm: Mpm) {
 }
 
 #[test]
-fn a_python_component_says_hello_under_event() {
+fn python_and_c_components_say_hello_under_event() {
     hello_under(Mpm::Event);
 }
 
 #[test]
-fn a_python_component_says_hello_under_worker() {
+fn python_and_c_components_say_hello_under_worker() {
     hello_under(Mpm::Worker);
 }
 
 #[test]
-fn a_python_component_says_hello_under_prefork() {
+fn python_and_c_components_say_hello_under_prefork() {
     hello_under(Mpm::Prefork);
 }
 
@@ -289,4 +294,134 @@ fn a_component_with_unknown_imports_fails_configtest_naming_them() {
         "{out}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn wasm_instance_reuse_keeps_a_guest_s_state_but_never_after_a_trap() {
+    let s = Apache::start(&format!(
+        "{}{}<Location /wasm-status>\n  SetHandler wasm-status\n</Location>\n",
+        component("/probe", "probe-py", ""),
+        component("/kept", "probe-py", "  WasmInstanceReuse 3\n")
+    ));
+    let kept_now = || e2e::status::fetch(s.port, "/wasm-status", "Kept");
+    let count = |path: &str| {
+        let r = get(s.port, path);
+        assert_eq!(r.status, 200, "{}", s.error_log());
+        r.text()
+    };
+    // A fresh instance for every request by default.
+    let fresh: Vec<String> = (0..3).map(|_| count("/probe/count")).collect();
+    assert_eq!(fresh, ["1", "1", "1"]);
+    // One instance for three requests, then a new one.
+    let kept: Vec<String> = (0..4).map(|_| count("/kept/count")).collect();
+    assert_eq!(kept, ["1", "2", "3", "1"]);
+    assert_eq!(kept_now(), "1");
+    // The kept instance traps: it is dropped, the next request starts afresh.
+    assert_eq!(get(s.port, "/kept/trap-before").status, 500);
+    assert_eq!(count("/kept/count"), "1");
+    assert_eq!(kept_now(), "1");
+}
+
+/// Whether `out`, a raw HTTP/1.1 response, was ended as complete.
+fn ended(out: &[u8]) -> bool {
+    out.ends_with(b"0\r\n\r\n")
+}
+
+#[test]
+fn wasm_max_memory_fails_a_component_before_and_after_its_head() {
+    let s = probe("  WasmMaxMemory 96M\n");
+    assert_eq!(get(s.port, "/probe/grow?8").text(), (8 << 20).to_string());
+    assert_eq!(get(s.port, "/probe/grow?200").status, 500);
+    let (out, _, _) = raw(
+        s.port,
+        "GET /probe/grow-after?200 HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.contains("partial"),
+        "{text}"
+    );
+    assert!(!ended(&out), "a failed response was ended: {text}");
+    let log = s.error_log();
+    assert_eq!(log.matches("refused it memory").count(), 2, "{log}");
+    assert!(log.contains("MemoryError"), "{log}");
+    assert_eq!(get(s.port, "/probe/count").status, 200);
+}
+
+#[test]
+fn a_body_that_breaks_its_content_length_cuts_the_response() {
+    let s = probe("");
+    let r = get(s.port, "/probe/length?5,5");
+    assert_eq!((r.status, r.body.len()), (200, 5));
+    assert_eq!(r.header("content-length"), Some("5"));
+    for q in ["9,5", "3,5"] {
+        let (out, _, _) = raw(
+            s.port,
+            &format!("GET /probe/length?{q} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        );
+        let text = String::from_utf8_lossy(&out);
+        // Whatever went out, the client cannot take it for the whole body:
+        // fewer bytes than its Content-Length, then the connection closes.
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let said: usize = q.split(',').next().unwrap().parse().unwrap();
+        assert!(
+            body.len() < said || !text.starts_with("HTTP/1.1 200"),
+            "{q}: {text}"
+        );
+    }
+    let log = s.error_log();
+    assert_eq!(
+        log.matches("does not match its content-length").count(),
+        2,
+        "{log}"
+    );
+}
+
+#[test]
+fn trailers_to_an_http_1_client_are_dropped_with_a_log_line() {
+    let s = probe("");
+    let (out, _, _) = raw(s.port, "GET /probe/trailers HTTP/1.1\r\nHost: x\r\n\r\n");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("body\n") && ended(&out), "{text}");
+    assert!(!text.contains("x-checksum"), "{text}");
+    let log = s.error_log();
+    assert!(
+        log.contains("WASM00066") && log.contains("x-checksum"),
+        "{log}"
+    );
+}
+
+/// The peak resident memory of process `pid`, in KiB.
+fn peak_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or(0)
+}
+
+/// A guest that holds nothing of what it wrote (guests/http/c/stream.c;
+/// componentize-py 0.25.1 keeps each buffer a handler writes until it
+/// returns, see docs/guests.md) streams 64 MiB through a child whose peak
+/// memory hardly moves.
+#[test]
+fn a_64_mib_response_is_streamed_in_bounded_memory() {
+    let s = Apache::start(&component("/stream", "stream-c", ""));
+    // The instance's own memory counted first.
+    assert_eq!(get(s.port, "/stream/big?1").body.len(), 1 << 20);
+    let before: Vec<(i32, u64)> = s
+        .child_pids()
+        .iter()
+        .map(|&p| (p, peak_rss_kib(p)))
+        .collect();
+    let (out, _, _) = raw(s.port, "GET /stream/big?64 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(out.len() > 64 << 20 && ended(&out), "{} bytes", out.len());
+    let grew = before
+        .iter()
+        .map(|&(p, kib)| peak_rss_kib(p).saturating_sub(kib))
+        .max()
+        .unwrap_or(0);
+    // The server holds a few writes of 4 KiB at a time.
+    assert!(grew < 8 << 10, "a child's peak RSS grew by {grew} KiB");
 }

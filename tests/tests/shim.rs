@@ -162,6 +162,10 @@ fn every_directive_is_documented_with_the_codes_default() {
         DEFAULT_MAX_OUTPUT as u64
     );
     assert_eq!(docs["WasmMaxOpenFiles"], DEFAULT_MAX_OPEN_FILES.to_string());
+    assert_eq!(
+        docs["WasmInstanceReuse"],
+        DEFAULT_INSTANCE_REUSE.to_string()
+    );
     let hours: u64 = docs["WasmCacheMaxAge"]
         .strip_suffix('h')
         .and_then(|h| h.parse().ok())

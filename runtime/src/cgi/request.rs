@@ -12,7 +12,7 @@ use crate::limits::Limits;
 use crate::pipe::OutputSink;
 
 /// A host directory the guest may see.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Preopen {
     /// Where the guest sees it.
     pub guest: String,

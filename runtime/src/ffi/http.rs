@@ -4,7 +4,8 @@
 use std::borrow::Cow;
 
 use super::run::{
-    common_from_c, wasm_rt_field, wasm_rt_request, wasm_rt_send_head, Callbacks, Common,
+    common_from_c, wasm_rt_field, wasm_rt_request, wasm_rt_send_head, wasm_rt_send_trailers,
+    Callbacks, Common,
 };
 use super::{c_array, c_str};
 use crate::error::{Code, Error, Result};
@@ -38,10 +39,12 @@ pub(super) unsafe fn request_from_c<'a>(req: &'a wasm_rt_request) -> Result<Requ
             ))
         })
         .collect::<Result<Vec<_>>>()?;
-    let head = req
-        .io
-        .send_head
-        .map(|f| Box::new(Callbacks::new(req.io.ctx, f)) as Box<dyn HeadSink>);
+    let head = req.io.send_head.map(|f| {
+        Box::new(ResponseCallbacks {
+            head: Callbacks::new(req.io.ctx, f),
+            trailers: req.io.send_trailers.map(|t| Callbacks::new(req.io.ctx, t)),
+        }) as Box<dyn HeadSink>
+    });
     Ok(Request {
         method: text(req.method, "method")?,
         scheme: text(req.scheme, "scheme")?,
@@ -55,26 +58,57 @@ pub(super) unsafe fn request_from_c<'a>(req: &'a wasm_rt_request) -> Result<Requ
         head,
         output,
         limits,
+        reuse: match req.instance_reuse {
+            0 => crate::limits::DEFAULT_INSTANCE_REUSE,
+            n => n,
+        },
     })
 }
 
-impl HeadSink for Callbacks<wasm_rt_send_head> {
+/// The callbacks a component's response head and trailers go through.
+struct ResponseCallbacks {
+    head: Callbacks<wasm_rt_send_head>,
+    trailers: Option<Callbacks<wasm_rt_send_trailers>>,
+}
+
+/// `fields` as the C side takes them (valid as long as `fields`).
+fn c_fields(fields: &[(&[u8], &[u8])]) -> Vec<wasm_rt_field> {
+    fields
+        .iter()
+        .map(|(k, v)| wasm_rt_field {
+            name: k.as_ptr(),
+            name_len: k.len(),
+            value: v.as_ptr(),
+            value_len: v.len(),
+        })
+        .collect()
+}
+
+impl HeadSink for ResponseCallbacks {
     fn send_head(&mut self, status: u16, headers: &[(&[u8], &[u8])]) -> std::io::Result<()> {
-        self.on_own_thread()?;
-        let fields: Vec<wasm_rt_field> = headers
-            .iter()
-            .map(|(k, v)| wasm_rt_field {
-                name: k.as_ptr(),
-                name_len: k.len(),
-                value: v.as_ptr(),
-                value_len: v.len(),
-            })
-            .collect();
+        let c = &self.head;
+        c.on_own_thread()?;
+        let fields = c_fields(headers);
         // SAFETY: see `Callbacks`; the fields outlive the call.
-        match unsafe { (self.f)(self.ctx, i32::from(status), fields.as_ptr(), fields.len()) } {
+        match unsafe { (c.f)(c.ctx, i32::from(status), fields.as_ptr(), fields.len()) } {
             0 => Ok(()),
             _ => Err(std::io::Error::other(
                 "the server refused the response head",
+            )),
+        }
+    }
+
+    fn send_trailers(&mut self, trailers: &[(&[u8], &[u8])]) -> std::io::Result<()> {
+        let Some(c) = &self.trailers else {
+            return Ok(());
+        };
+        c.on_own_thread()?;
+        let fields = c_fields(trailers);
+        // SAFETY: as for the head.
+        match unsafe { (c.f)(c.ctx, fields.as_ptr(), fields.len()) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::other(
+                "the server refused the response trailers",
             )),
         }
     }

@@ -69,6 +69,8 @@ pub struct wasm_rt_request {
     pub headers: *const wasm_rt_field,
     /// Number of header fields.
     pub nheaders: usize,
+    /// Requests one instance may serve (components; 0 or 1: one).
+    pub instance_reuse: u32,
 }
 
 /// See `wasm_rt_field` in the header.
@@ -95,10 +97,12 @@ pub struct wasm_rt_chunk {
 
 /// `read_body` in the header.
 pub type wasm_rt_read_body = unsafe extern "C" fn(*mut c_void, *mut u8, usize, u64) -> i64;
-/// `send_output` in the header.
 /// `send_head` in the header.
 pub type wasm_rt_send_head =
     unsafe extern "C" fn(*mut c_void, i32, *const wasm_rt_field, usize) -> i32;
+/// `send_trailers` in the header.
+pub type wasm_rt_send_trailers =
+    unsafe extern "C" fn(*mut c_void, *const wasm_rt_field, usize) -> i32;
 /// `send_output` in the header.
 pub type wasm_rt_send_output =
     unsafe extern "C" fn(*mut c_void, *const wasm_rt_chunk, usize, u64) -> i32;
@@ -107,7 +111,7 @@ pub type wasm_rt_send_output =
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct wasm_rt_io {
-    /// Passed back to both callbacks.
+    /// Passed back to every callback.
     pub ctx: *mut c_void,
     /// Reads the request body; NULL for an empty stdin.
     pub read_body: Option<wasm_rt_read_body>,
@@ -115,12 +119,16 @@ pub struct wasm_rt_io {
     pub send_output: Option<wasm_rt_send_output>,
     /// Sends a component's response head; NULL for command modules.
     pub send_head: Option<wasm_rt_send_head>,
+    /// Sends a component's response trailers; NULL: they are dropped.
+    pub send_trailers: Option<wasm_rt_send_trailers>,
 }
 
 /// The caller's callbacks, for the length of one `wasm_rt_run`.
 ///
 /// SAFETY of `Send`: the WASI stream that holds it lives in the request's
-/// store, which is dropped before `wasm_rt_run` returns, and the guest only
+/// store, which is dropped before `wasm_rt_run` returns (or, for a
+/// component's store kept for reuse, no longer reaches it: see
+/// `http::body::Revoke`), and the guest only
 /// runs on the calling thread (inside `block_on`), so the callbacks are
 /// called while `ctx` is valid. Should WASI ever poll a stream from another
 /// thread (a Tokio task), the call is refused rather than made there: the

@@ -3,6 +3,7 @@
 //! guest reads, one buffer at a time.
 
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -24,19 +25,43 @@ pub(crate) struct IncomingBody {
 
 enum Source {
     Bytes(Option<Bytes>),
-    Reader(Box<dyn BodyReader>),
+    Reader(Shared),
     Done,
 }
 
+/// The server's reader, shared with the [`Revoke`] of its request.
+type Shared = Arc<Mutex<Option<Box<dyn BodyReader>>>>;
+
+/// Takes the server's reader away from the body when dropped, at the end
+/// of its request: the body lives in the guest's store, and a store kept
+/// for reuse (`reuse.rs`) must never reach into a request that is over.
+pub(crate) struct Revoke(Option<Shared>);
+
+impl Drop for Revoke {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.0 {
+            *lock(shared) = None;
+        }
+    }
+}
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Option<Box<dyn BodyReader>>> {
+    // A reader that panicked is as good as gone; the lock is still sound.
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl IncomingBody {
-    /// `body`, read until `deadline`.
-    pub(crate) fn new(body: RequestBody, deadline: Instant) -> Self {
-        let source = match body {
-            RequestBody::Bytes(b) if b.is_empty() => Source::Done,
-            RequestBody::Bytes(b) => Source::Bytes(Some(b)),
-            RequestBody::Reader(r) => Source::Reader(r),
+    /// `body`, read until `deadline` and until the [`Revoke`] is dropped.
+    pub(crate) fn new(body: RequestBody, deadline: Instant) -> (Self, Revoke) {
+        let (source, revoke) = match body {
+            RequestBody::Bytes(b) if b.is_empty() => (Source::Done, Revoke(None)),
+            RequestBody::Bytes(b) => (Source::Bytes(Some(b)), Revoke(None)),
+            RequestBody::Reader(r) => {
+                let shared: Shared = Arc::new(Mutex::new(Some(r)));
+                (Source::Reader(shared.clone()), Revoke(Some(shared)))
+            }
         };
-        IncomingBody { source, deadline }
+        (IncomingBody { source, deadline }, revoke)
     }
 }
 
@@ -68,7 +93,11 @@ impl Body for IncomingBody {
                     }
                 };
                 let mut buf = BytesMut::zeroed(READ_SIZE);
-                match r.read(&mut buf, timeout) {
+                let read = match lock(r).as_mut() {
+                    Some(reader) => reader.read(&mut buf, timeout),
+                    None => Err(std::io::Error::other("the request is over")),
+                };
+                match read {
                     Ok(0) => {
                         self.source = Source::Done;
                         Poll::Ready(None)

@@ -3,16 +3,16 @@
 //! directories) and `wasi:http`, whose outgoing requests are refused: a
 //! guest gets no network, as a CGI module gets none.
 
-use std::time::Instant;
-
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Engine, StoreLimits};
+use wasmtime::Engine;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::error::{chain, Code, Error, Result};
+use crate::limits::MemoryCap;
 
-/// Per-request state stored in each `Store` of a component.
+/// The state of a component's store: one request's, or with
+/// `WasmInstanceReuse` several requests' in turn.
 pub struct HttpHost {
     /// The guest's WASI context: arguments, environment, stdio, preopens.
     pub wasi: WasiCtx,
@@ -20,27 +20,19 @@ pub struct HttpHost {
     pub http: WasiHttpCtx,
     /// The resources the guest holds (requests, bodies, streams, files).
     pub table: ResourceTable,
-    /// Memory and instance limits of this request.
-    pub limits: StoreLimits,
-    /// When `WasmTimeout` ends this request.
-    pub deadline: Instant,
+    /// `WasmMaxMemory` of its instance.
+    pub(crate) limits: MemoryCap,
     hooks: NoOutgoing,
 }
 
 impl HttpHost {
-    /// State for one request.
-    pub fn new(
-        wasi: WasiCtx,
-        table: ResourceTable,
-        limits: StoreLimits,
-        deadline: Instant,
-    ) -> Self {
+    /// State for one instance.
+    pub(crate) fn new(wasi: WasiCtx, table: ResourceTable, limits: MemoryCap) -> Self {
         HttpHost {
             wasi,
             http: WasiHttpCtx::new(),
             table,
             limits,
-            deadline,
             hooks: NoOutgoing,
         }
     }

@@ -11,9 +11,11 @@ mod body;
 mod component;
 pub mod host;
 mod request;
+mod reuse;
 mod serve;
 
 pub(crate) use component::resources_required;
 pub use component::{check_component, Proxy};
 pub use host::HttpHost;
 pub use request::{HeadSink, Request};
+pub(crate) use reuse::{Kept, Shelf};

@@ -9,12 +9,17 @@ use crate::cgi::{EnvVar, Preopen};
 use crate::limits::Limits;
 use crate::pipe::OutputSink;
 
-/// Where the response head goes once the guest sets it.
+/// Where the response head goes once the guest sets it, and its trailers
+/// once the body has gone.
 pub trait HeadSink: Send {
     /// Sends the status and headers (names lower-case, values as the guest
     /// set them). An error means nothing can be sent: the guest's writes
     /// then fail.
     fn send_head(&mut self, status: u16, headers: &[(&[u8], &[u8])]) -> std::io::Result<()>;
+
+    /// Sends the trailers the guest finished its body with (or drops them:
+    /// the server decides). An error ends the response as cut.
+    fn send_trailers(&mut self, trailers: &[(&[u8], &[u8])]) -> std::io::Result<()>;
 }
 
 /// One HTTP request to a component.
@@ -44,4 +49,7 @@ pub struct Request<'a> {
     pub output: Option<Box<dyn OutputSink>>,
     /// Limits of this request.
     pub limits: Limits,
+    /// Requests one instance may serve (`WasmInstanceReuse`); 0 and 1: a
+    /// fresh instance for each.
+    pub reuse: u32,
 }

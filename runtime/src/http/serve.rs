@@ -14,19 +14,21 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, StoreLimitsBuilder};
+use wasmtime::{Engine, Store};
 use wasmtime_wasi::runtime::in_tokio;
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::bindings::Proxy as Bindings;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
 use super::body::IncomingBody;
 use super::host::HttpHost;
 use super::request::{HeadSink, Request};
+use super::reuse::{Kept, ReuseKey};
 use crate::cgi::{preopen, Outcome};
 use crate::error::{chain, Code, Error, Result};
-use crate::limits::{time_left, MAX_STDERR};
+use crate::limits::{time_left, MemoryCap, MAX_STDERR};
 use crate::outcome::{classify, timed_out};
 use crate::pipe::{CappedPipe, Output, OutputSink, Overflow};
 use crate::runtime::Runtime;
@@ -53,47 +55,40 @@ enum Sent {
 }
 
 impl Runtime {
-    /// Serves one HTTP request with component `index`.
+    /// Serves one HTTP request with component `index`, in a fresh instance
+    /// or, where the section reuses instances, in one kept from an earlier
+    /// request (see `reuse.rs`).
     ///
     /// `WasmTimeout` bounds the whole request, waits included.
     pub fn serve(&self, index: usize, req: Request<'_>) -> Outcome {
         let deadline = Instant::now() + req.limits.timeout;
-        let leased = self.lease(index, &req.limits).and_then(|lease| {
+        let leased = self.lease_reusing(index, &req).and_then(|(lease, kept)| {
             let loaded = lease.module(index);
-            Ok((lease, loaded.name.as_str(), loaded.proxy()?))
+            Ok((lease, kept, loaded.name.as_str(), loaded.proxy()?))
         });
-        let (lease, name, proxy) = match leased {
+        let (lease, kept, name, proxy) = match leased {
             Ok(l) => l,
             Err(e) => return Outcome::failed(e),
         };
         let limits = req.limits;
-        // The guest's stdout and stderr both go to the error log.
-        let log = CappedPipe::new(MAX_STDERR, Overflow::Truncate);
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.args(&req.args)
-            .stdout(log.clone())
-            .stderr(log.clone())
-            .allow_blocking_current_thread(true);
-        for (k, v) in &req.env {
-            wasi.env(
-                String::from_utf8_lossy(k).as_ref(),
-                String::from_utf8_lossy(v).as_ref(),
-            );
-        }
-        if let Err(e) = preopen(&mut wasi, &req.dirs) {
-            return Outcome::failed(e);
-        }
-        let mut table = ResourceTable::new();
-        table.set_max_capacity(HTTP_HANDLES + req.dirs.len() + limits.max_open_files as usize);
-        let store_limits = StoreLimitsBuilder::new()
-            .memory_size(limits.max_memory)
-            .trap_on_grow_failure(false)
-            .build();
-        let mut store = Store::new(
-            lease.engine(),
-            HttpHost::new(wasi.build(), table, store_limits, deadline),
-        );
-        store.limiter(|h| &mut h.limits);
+        let (mut store, bindings, log, served, key) = match kept {
+            Some(k) => (k.store, Some(k.bindings), k.log, k.served, Some(k.key)),
+            None => {
+                // The guest's stdout and stderr both go to the error log.
+                let log = CappedPipe::new(MAX_STDERR, Overflow::Truncate);
+                match new_store(lease.engine(), &req, &log) {
+                    Ok(store) => (store, None, log, 0, None),
+                    Err(e) => return Outcome::failed(e),
+                }
+            }
+        };
+        // This request is the instance's `served + 1`th.
+        let keep = req.reuse > served + 1;
+        let key = match key {
+            Some(k) => Some(k),
+            None if keep => Some(ReuseKey::of(index, &req)),
+            None => None,
+        };
         self.arm_deadline(&mut store, limits.timeout);
 
         let request = match http_request(
@@ -103,9 +98,11 @@ impl Runtime {
             &req.headers,
             &req.scheme,
         ) {
-            Ok(r) => r.map(|()| IncomingBody::new(req.body, deadline)),
+            Ok(r) => r,
             Err(e) => return Outcome::failed(e),
         };
+        let (body, revoke) = IncomingBody::new(req.body, deadline);
+        let request = request.map(|()| body);
         let scheme = if req.scheme == "https" {
             Scheme::Https
         } else {
@@ -129,43 +126,110 @@ impl Runtime {
         let pre = &proxy.pre;
         let (head, output) = (req.head, req.output);
         let sent_bytes = std::cell::Cell::new(0usize);
+        let refused = std::cell::Cell::new(false);
+        let memory_refused = &refused;
         let joined = in_tokio(async {
             let guest = async move {
-                let called = async {
-                    let proxy = pre.instantiate_async(&mut store).await?;
-                    proxy
+                let called: wasmtime::Result<Bindings> = async {
+                    let bindings = match bindings {
+                        Some(b) => b,
+                        None => pre.instantiate_async(&mut store).await?,
+                    };
+                    bindings
                         .wasi_http_incoming_handler()
                         .call_handle(&mut store, request, outparam)
-                        .await
+                        .await?;
+                    Ok(bindings)
                 }
                 .await;
-                drop(store);
-                called
+                memory_refused.set(store.data_mut().limits.refused());
+                // Dropping the store closes the response body's channel,
+                // which ends the sender; a store to keep stays open until
+                // the guest has finished the body.
+                match called {
+                    Ok(bindings) if keep => Ok(Some((store, bindings))),
+                    Ok(_) => Ok(None),
+                    Err(e) => Err(e),
+                }
             };
             let send = send_response(rx, head, output, limits.max_output, deadline, &sent_bytes);
             tokio::time::timeout_at(deadline.into(), async { tokio::join!(guest, send) }).await
         });
-        drop(lease);
-        let (log, log_truncated) = log.take();
-        let (result, exit_code) = match joined {
-            Err(_) => (Err(timed_out(name, limits.timeout)), -1),
-            // The server stopped taking the body: the guest's failure to
-            // write it is the consequence, not the cause.
-            Ok((_, sent @ (Sent::TooLong | Sent::Failed(_)))) => {
-                (sent_result(name, sent, &limits), -1)
+        // Whatever the guest kept of the request can no longer reach it.
+        drop(revoke);
+        let (stderr, stderr_truncated) = log.take();
+        let (result, exit_code, to_keep) = match joined {
+            Err(_) => (Err(timed_out(name, limits.timeout)), -1, None),
+            // The server stopped taking the body, or the body broke its
+            // content-length: the guest's failure to write or finish it is
+            // the consequence, not the cause.
+            Ok((_, sent @ (Sent::TooLong | Sent::Failed(_) | Sent::Broken(_)))) => {
+                (sent_result(name, sent, &limits), -1, None)
             }
-            Ok((Err(e), _)) => classify(name, e, &limits),
-            Ok((Ok(()), sent)) => (sent_result(name, sent, &limits), 0),
+            Ok((Err(e), _)) => {
+                let (result, code) = classify(name, e, &limits);
+                (result, code, None)
+            }
+            Ok((Ok(store), sent)) => {
+                let result = sent_result(name, sent, &limits);
+                let to_keep = store.filter(|_| result.is_ok());
+                (result, 0, to_keep)
+            }
         };
+        let result = result.map_err(|e| {
+            if refused.get() && e.code == Code::Trap {
+                at_memory_cap(e, &limits)
+            } else {
+                e
+            }
+        });
+        // Only an instance that served its request completely is kept:
+        // never one that trapped, timed out or hit a limit.
+        match (to_keep, key) {
+            (Some((store, bindings)), Some(key)) => lease.keep(Kept {
+                key,
+                store,
+                bindings,
+                log,
+                served: served + 1,
+            }),
+            _ => drop(lease),
+        }
         Outcome {
             result,
             exit_code,
             stdout: Output::default(),
             streamed: sent_bytes.get(),
-            stderr: log.to_bytes(),
-            stderr_truncated: log_truncated,
+            stderr: stderr.to_bytes(),
+            stderr_truncated,
         }
     }
+}
+
+/// A store for one instance of a component serving `req`: its `wasi:cli`
+/// world, its limits, its stdout and stderr going to `log`.
+fn new_store(engine: &Engine, req: &Request<'_>, log: &CappedPipe) -> Result<Store<HttpHost>> {
+    let limits = req.limits;
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.args(&req.args)
+        .stdout(log.clone())
+        .stderr(log.clone())
+        .allow_blocking_current_thread(true);
+    for (k, v) in &req.env {
+        wasi.env(
+            String::from_utf8_lossy(k).as_ref(),
+            String::from_utf8_lossy(v).as_ref(),
+        );
+    }
+    preopen(&mut wasi, &req.dirs)?;
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(HTTP_HANDLES + req.dirs.len() + limits.max_open_files as usize);
+    let mut store = Store::new(
+        engine,
+        HttpHost::new(wasi.build(), table, MemoryCap::new(limits.max_memory)),
+    );
+    store.limiter(|h| &mut h.limits);
+    Ok(store)
 }
 
 /// The request as `wasi:http` takes it.
@@ -248,6 +312,18 @@ async fn send_response(
         Err(_) => return Sent::NotSet,
     };
     let (parts, mut body) = response.into_parts();
+    let declared: Option<usize> = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    // wasi:http refuses a finish short of the content-length; the body
+    // that was to go out does not match what the head said.
+    let mismatch = |written: usize, declared: usize| {
+        Sent::Broken(format!(
+            "the body does not match its content-length ({declared} bytes): \
+             the guest wrote {written}"
+        ))
+    };
     let fields: Vec<(&[u8], &[u8])> = parts
         .headers
         .iter()
@@ -260,17 +336,33 @@ async fn send_response(
     }
     let mut written = 0usize;
     while let Some(frame) = body.frame().await {
-        let data: Bytes = match frame {
-            Ok(f) => match f.into_data() {
-                Ok(d) => d,
-                // Trailers: not sent (see docs/guests.md).
-                Err(_) => continue,
+        let data: Bytes = match frame.map(|f| f.into_data()) {
+            Ok(Ok(d)) => d,
+            Ok(Err(f)) => {
+                if let (Some(h), Ok(trailers)) = (head.as_mut(), f.into_trailers()) {
+                    let fields: Vec<(&[u8], &[u8])> = trailers
+                        .iter()
+                        .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))
+                        .collect();
+                    if let Err(e) = h.send_trailers(&fields) {
+                        return Sent::Failed(e);
+                    }
+                }
+                continue;
+            }
+            Err(e) => match declared {
+                Some(d) if d != written => return mismatch(written, d),
+                _ => return Sent::Broken(e.to_string()),
             },
-            Err(e) => return Sent::Broken(e.to_string()),
         };
         written += data.len();
         if written > max_output {
             return Sent::TooLong;
+        }
+        // Never a byte past the length the head announced: on a kept-alive
+        // connection it would be read as the start of the next response.
+        if let Some(d) = declared.filter(|&d| written > d) {
+            return mismatch(written, d);
         }
         if let Some(out) = output.as_mut() {
             let timeout = match time_left(deadline, "sending the response") {
@@ -283,5 +375,21 @@ async fn send_response(
             sent_bytes.set(written);
         }
     }
-    Sent::Complete
+    match declared {
+        Some(d) if d != written => mismatch(written, d),
+        _ => Sent::Complete,
+    }
+}
+
+/// `e`, the failure of a guest that was refused memory first: most likely
+/// its consequence (an interpreter's out-of-memory error), so said.
+fn at_memory_cap(e: Error, limits: &crate::limits::Limits) -> Error {
+    Error::new(
+        e.code,
+        format!(
+            "{} (after WasmMaxMemory, {}, refused it memory)",
+            e.message,
+            crate::limits::human_size(limits.max_memory as u64)
+        ),
+    )
 }
