@@ -425,3 +425,20 @@ fn a_64_mib_response_is_streamed_in_bounded_memory() {
     // The server holds a few writes of 4 KiB at a time.
     assert!(grew < 8 << 10, "a child's peak RSS grew by {grew} KiB");
 }
+
+#[test]
+fn trailers_reach_an_http_2_client() {
+    let site = "LoadModule http2_module @LIBEXECDIR@/mod_http2.so\nProtocols h2c http/1.1\n".to_string()
+        + &component("/probe", "probe-py", "");
+    let s = Apache::start(&site);
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "-D", "-", "--max-time", "20"])
+        .arg(format!("http://127.0.0.1:{}/probe/trailers", s.port))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/2 200"), "{text}\n{}", s.error_log());
+    assert!(text.contains("body\n"), "{text}");
+    assert!(text.contains("x-checksum: 42"), "{text}");
+    assert!(!s.error_log().contains("WASM00066"), "{}", s.error_log());
+}
