@@ -501,10 +501,10 @@ static int wasm_finish_response(wasm_io *io, const wasm_rt_response *resp)
 void wasm_log_no_runtime(request_rec *r, const char *what)
 {
     static apr_uint32_t said;
+    /* Decided once: ap_log_rerror evaluates its level twice. */
+    int level = apr_atomic_cas32(&said, 1, 0) == 0 ? APLOG_ERR : APLOG_DEBUG;
 
-    ap_log_rerror(APLOG_MARK,
-                  apr_atomic_cas32(&said, 1, 0) == 0 ? APLOG_ERR : APLOG_DEBUG,
-                  0, r, WASMLOGNO(00041)
+    ap_log_rerror(APLOG_MARK, level, 0, r, WASMLOGNO(00041)
                   "%s: the WebAssembly runtime did not start in this child, "
                   "so it answers 503 (the reason and the fix are logged "
                   "above, WASM00004)", what);
@@ -606,6 +606,15 @@ int wasm_handler(request_rec *r)
     req.max_output = conf->max_output;
     req.max_open_files = conf->max_open_files;
     req.instance_reuse = conf->instance_reuse;
+    if (conf->instance_reuse > 1) {
+        /* What one site's requests leave in a guest must not reach
+         * another's: the virtual host and the section's directive. */
+        req.reuse_scope = apr_psprintf(r->pool, "%s:%u %s",
+                                       r->server->server_hostname
+                                           ? r->server->server_hostname : "",
+                                       (unsigned)r->server->port,
+                                       conf->module->defined_at);
+    }
 
     /* From the request pool: the guard filter may still be called, after
      * the handler returned, by the core's end of the request. */

@@ -6,6 +6,8 @@
  * callback that turns the head it sets into the response's.
  */
 
+#include "apr_atomic.h"
+
 #include "mod_wasm.h"
 
 /* Headers that describe one hop of the connection, not the request
@@ -129,34 +131,66 @@ int32_t wasm_send_head_cb(void *data, int32_t status,
     return 0;
 }
 
-/* Whether this child has warned of dropped trailers: a guest that always
- * sends them would otherwise fill the log, one line per request. */
-static int wasm_trailers_warned;
+/* Fields a trailer may not carry (RFC 9110, section 6.5.1: framing,
+ * routing, authentication, controls and what says how to process the
+ * content): left out, whatever the guest sends. */
+static const char *const wasm_not_trailers[] = {
+    "transfer-encoding", "content-length", "content-type",
+    "content-encoding", "content-range", "trailer", "host", "te",
+    "authorization", "proxy-authenticate", "www-authenticate",
+    "set-cookie", "cache-control", "expires", "date", "location",
+    "retry-after", "vary", "age", "expect", "max-forwards", "pragma",
+    "range", "connection", "keep-alive", "upgrade", NULL
+};
+
+static int wasm_may_be_trailer(const char *name)
+{
+    const char *const *p;
+
+    for (p = wasm_not_trailers; *p; p++) {
+        if (!strcasecmp(name, *p)) {
+            return 0;
+        }
+    }
+    return 1;
+}
 
 /* wasm_rt_io.send_trailers: HTTP/2 sends r->trailers_out (mod_http2 does,
  * at the end of the body); httpd 2.4's HTTP/1.1 chunk filter cannot send
- * trailers, so for those clients they are dropped, and said so. */
+ * trailers, so for those clients they are dropped, and said so: at warning
+ * level once per child (a guest that always sends them would otherwise
+ * write a line per request), then at debug level. */
 int32_t wasm_send_trailers_cb(void *data, const wasm_rt_field *fields,
                               size_t n)
 {
+    static apr_uint32_t warned;
     wasm_io *io = data;
     request_rec *r = io->r;
     size_t i;
 
     if (r->proto_num >= 2000) {
         for (i = 0; i < n; i++) {
-            apr_table_add(r->trailers_out,
-                          apr_pstrmemdup(r->pool, (const char *)fields[i].name,
-                                         fields[i].name_len),
+            const char *name = apr_pstrmemdup(r->pool,
+                                              (const char *)fields[i].name,
+                                              fields[i].name_len);
+
+            if (!wasm_may_be_trailer(name)) {
+                ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, WASMLOGNO(00067)
+                              "%s: the guest's %s trailer is left out: it "
+                              "may not be a trailer", io->module_path, name);
+                continue;
+            }
+            apr_table_add(r->trailers_out, name,
                           apr_pstrmemdup(r->pool, (const char *)fields[i].value,
                                          fields[i].value_len));
         }
         return 0;
     }
     if (n > 0) {
-        int level = wasm_trailers_warned ? APLOG_DEBUG : APLOG_WARNING;
+        /* Decided once: ap_log_rerror evaluates its level twice. */
+        int level = apr_atomic_cas32(&warned, 1, 0) == 0 ? APLOG_WARNING
+                                                         : APLOG_DEBUG;
 
-        wasm_trailers_warned = 1;
         ap_log_rerror(APLOG_MARK, level, 0, r, WASMLOGNO(00066)
                       "%s: the guest's %" APR_SIZE_T_FMT " trailer field(s) "
                       "(the first: %.*s) are dropped: %s cannot carry "

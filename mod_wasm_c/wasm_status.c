@@ -22,10 +22,11 @@ int wasm_status_handler(request_rec *r)
     }
     if (!wasm_runtime && (!wasm_modules || !wasm_modules->nelts)) {
         static apr_uint32_t said;
+        /* Decided once: ap_log_rerror evaluates its level twice. */
+        int level = apr_atomic_cas32(&said, 1, 0) == 0 ? APLOG_ERR
+                                                       : APLOG_DEBUG;
 
-        ap_log_rerror(APLOG_MARK, apr_atomic_cas32(&said, 1, 0) == 0
-                                      ? APLOG_ERR : APLOG_DEBUG,
-                      0, r, WASMLOGNO(00046)
+        ap_log_rerror(APLOG_MARK, level, 0, r, WASMLOGNO(00046)
                       "wasm-status: no WasmModule is configured, so there "
                       "is no WebAssembly runtime to report on");
         return HTTP_SERVICE_UNAVAILABLE;

@@ -23,6 +23,9 @@ WRITE = 4096
 # reused (WasmInstanceReuse).
 served = 0
 
+# What "unfinished" keeps of a response, so that it is never finished.
+left_open = []
+
 
 def method_name(m):
     if isinstance(m, types.Method_Other):
@@ -115,6 +118,14 @@ class IncomingHandler(exports.IncomingHandler):
             # 64 KiB at once, then the rest of 16 MiB after a pause.
             first = 64 << 10
             respond(response_out, [b"x" * first, b"y" * ((16 << 20) - first)], pause=0.2)
+        elif action == "unfinished":
+            # A body written, kept, and neither finished nor dropped.
+            resp = OutgoingResponse(Fields.from_list([("content-type", b"text/plain")]))
+            body = resp.body()
+            ResponseOutparam.set(response_out, Ok(resp))
+            out = body.write()
+            out.blocking_write_and_flush(b"partial")
+            left_open.append((body, out))
         elif action == "spin":
             while True:
                 pass

@@ -126,6 +126,9 @@ typedef struct wasm_rt_request {
     size_t nheaders;
     uint32_t instance_reuse;        /* requests one instance may serve
                                      * (WasmInstanceReuse); 0 or 1: one */
+    const char *reuse_scope;        /* instances are reused only among
+                                     * requests of one scope (the virtual
+                                     * host and section); NULL: "" */
 } wasm_rt_request;
 
 /* The result of one request, owned by the runtime until wasm_rt_response_free. */

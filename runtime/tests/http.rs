@@ -199,3 +199,30 @@ fn trailers_follow_the_body_and_a_content_length_is_held_to() {
         );
     }
 }
+
+#[test]
+fn a_guest_that_returns_without_finishing_its_body_fails_at_once_and_is_not_kept() {
+    let rt = runtime("probe-py");
+    for reuse in [1, 3] {
+        let started = std::time::Instant::now();
+        let (mut req, c) = get("/unfinished");
+        req.reuse = reuse;
+        req.limits.timeout = Duration::from_secs(10);
+        let e = rt.serve(0, req).result.unwrap_err();
+        assert!(
+            e.message
+                .contains("without setting its response or finishing its body"),
+            "{}",
+            e.message
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "reuse {reuse}: waited {:?}",
+            started.elapsed()
+        );
+        assert_eq!(c.0.lock().unwrap().body, b"partial");
+        assert_eq!(rt.shard_status().iter().map(|s| s.kept).sum::<u32>(), 0);
+    }
+    // The next request, reusing, starts afresh.
+    assert_eq!(probe(&rt, "/count", 3).1, "1");
+}

@@ -650,3 +650,19 @@ fn a_guests_transfer_encoding_is_dropped_and_logged() {
         s.error_log()
     );
 }
+
+#[test]
+fn wasm_status_without_modules_says_why_once_per_child() {
+    let s = Apache::start("<Location /wasm-status>\n  SetHandler wasm-status\n</Location>\n");
+    for _ in 0..3 {
+        assert_eq!(get(s.port, "/wasm-status").status, 503);
+    }
+    // Said at error level the first time in a child, then only at debug
+    // level: at most one line per child, and at least one.
+    let said = s.log_lines("WASM00046").len();
+    assert!(
+        (1..=s.child_pids().len().max(1)).contains(&said),
+        "{said} lines:\n{}",
+        s.error_log()
+    );
+}

@@ -15,7 +15,9 @@ fn component(path: &str, name: &str, extra: &str) -> String {
 }
 
 fn hello_under(mpm: Mpm) {
-    let site = component("/py", "hello-py", "") + &component("/c", "hello-c", "");
+    let site = component("/py", "hello-py", "")
+        + &component("/c", "hello-c", "")
+        + &component("/js", "hello-js", "");
     let s = Apache::start_with(Options::new(&site).mpm(mpm));
     for _ in 0..3 {
         let r = get(s.port, "/py/a?b=1");
@@ -26,6 +28,10 @@ fn hello_under(mpm: Mpm) {
         assert_eq!(r.status, 200, "{}", s.error_log());
         assert_eq!(r.header("content-type"), Some("text/plain"));
         assert_eq!(r.text(), "Hello from C, /c/a?b=1");
+        let r = get(s.port, "/js/a?b=1");
+        assert_eq!(r.status, 200, "{}", s.error_log());
+        assert_eq!(r.header("content-type"), Some("text/plain"));
+        assert_eq!(r.text(), "Hello from JavaScript, /js/a?b=1");
     }
     // HEAD runs the guest and sends no body.
     let r = Request::new("HEAD", "/py/").send(s.port).unwrap();
@@ -34,17 +40,17 @@ fn hello_under(mpm: Mpm) {
 }
 
 #[test]
-fn python_and_c_components_say_hello_under_event() {
+fn python_c_and_javascript_components_say_hello_under_event() {
     hello_under(Mpm::Event);
 }
 
 #[test]
-fn python_and_c_components_say_hello_under_worker() {
+fn python_c_and_javascript_components_say_hello_under_worker() {
     hello_under(Mpm::Worker);
 }
 
 #[test]
-fn python_and_c_components_say_hello_under_prefork() {
+fn python_c_and_javascript_components_say_hello_under_prefork() {
     hello_under(Mpm::Prefork);
 }
 
@@ -428,11 +434,19 @@ fn a_64_mib_response_is_streamed_in_bounded_memory() {
 
 #[test]
 fn trailers_reach_an_http_2_client() {
-    let site = "LoadModule http2_module @LIBEXECDIR@/mod_http2.so\nProtocols h2c http/1.1\n".to_string()
+    let site = "LoadModule http2_module @LIBEXECDIR@/mod_http2.so\nProtocols h2c http/1.1\n"
+        .to_string()
         + &component("/probe", "probe-py", "");
     let s = Apache::start(&site);
     let out = std::process::Command::new("curl")
-        .args(["-s", "--http2-prior-knowledge", "-D", "-", "--max-time", "20"])
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-D",
+            "-",
+            "--max-time",
+            "20",
+        ])
         .arg(format!("http://127.0.0.1:{}/probe/trailers", s.port))
         .output()
         .expect("curl");

@@ -58,6 +58,10 @@ pub(super) unsafe fn request_from_c<'a>(req: &'a wasm_rt_request) -> Result<Requ
         head,
         output,
         limits,
+        reuse_scope: match req.reuse_scope.is_null() {
+            true => Cow::Borrowed(""),
+            false => text(req.reuse_scope, "reuse_scope")?,
+        },
         reuse: match req.instance_reuse {
             0 => crate::limits::DEFAULT_INSTANCE_REUSE,
             n => n,

@@ -71,6 +71,8 @@ pub struct wasm_rt_request {
     pub nheaders: usize,
     /// Requests one instance may serve (components; 0 or 1: one).
     pub instance_reuse: u32,
+    /// Where instances may be reused (components); NULL: everywhere.
+    pub reuse_scope: *const c_char,
 }
 
 /// See `wasm_rt_field` in the header.

@@ -52,4 +52,8 @@ pub struct Request<'a> {
     /// Requests one instance may serve (`WasmInstanceReuse`); 0 and 1: a
     /// fresh instance for each.
     pub reuse: u32,
+    /// An instance is only reused by requests of the same scope (the server
+    /// passes its virtual host and section: what one site's requests left
+    /// in a guest never reaches another site's).
+    pub reuse_scope: Cow<'a, str>,
 }

@@ -12,8 +12,9 @@
 //! What the guest sees through `wasi:cli` (arguments, environment,
 //! directories) and its limits are part of the store, so an instance is
 //! only handed to a request configured exactly as the one it was created
-//! for ([`ReuseKey`]); the request itself (head, body, client address) is
-//! new each time, as `wasi:http` hands it over.
+//! for, in the same virtual host and section ([`ReuseKey`]); the request
+//! itself (head, body, client address) is new each time, as `wasi:http`
+//! hands it over.
 
 use std::sync::Mutex;
 
@@ -44,6 +45,7 @@ pub(crate) struct Kept {
 #[derive(Debug, PartialEq)]
 pub(crate) struct ReuseKey {
     index: usize,
+    scope: String,
     args: Vec<String>,
     env: Vec<(Vec<u8>, Vec<u8>)>,
     dirs: Vec<Preopen>,
@@ -56,6 +58,7 @@ impl ReuseKey {
     pub(crate) fn of(index: usize, req: &Request<'_>) -> ReuseKey {
         ReuseKey {
             index,
+            scope: req.reuse_scope.to_string(),
             args: req.args.clone(),
             env: req
                 .env
@@ -72,6 +75,7 @@ impl ReuseKey {
     /// (compared in place: this runs on every request that reuses).
     fn fits(&self, index: usize, req: &Request<'_>) -> bool {
         self.index == index
+            && self.scope == req.reuse_scope
             && self.max_memory == req.limits.max_memory
             && self.max_open_files == req.limits.max_open_files
             && self.args == req.args

@@ -52,6 +52,8 @@ enum Sent {
     /// The body ended in an error (a `content-length` it did not match, or
     /// the guest's abort).
     Broken(String),
+    /// The guest returned without setting a response or finishing its body.
+    Unfinished,
 }
 
 impl Runtime {
@@ -62,6 +64,17 @@ impl Runtime {
     /// `WasmTimeout` bounds the whole request, waits included.
     pub fn serve(&self, index: usize, req: Request<'_>) -> Outcome {
         let deadline = Instant::now() + req.limits.timeout;
+        // A bad request costs no instance (nor a kept one).
+        let request = match http_request(
+            &req.method,
+            &req.authority,
+            &req.path_with_query,
+            &req.headers,
+            &req.scheme,
+        ) {
+            Ok(r) => r,
+            Err(e) => return Outcome::failed(e),
+        };
         let leased = self.lease_reusing(index, &req).and_then(|(lease, kept)| {
             let loaded = lease.module(index);
             Ok((lease, kept, loaded.name.as_str(), loaded.proxy()?))
@@ -91,16 +104,6 @@ impl Runtime {
         };
         self.arm_deadline(&mut store, limits.timeout);
 
-        let request = match http_request(
-            &req.method,
-            &req.authority,
-            &req.path_with_query,
-            &req.headers,
-            &req.scheme,
-        ) {
-            Ok(r) => r,
-            Err(e) => return Outcome::failed(e),
-        };
         let (body, revoke) = IncomingBody::new(req.body, deadline);
         let request = request.map(|()| body);
         let scheme = if req.scheme == "https" {
@@ -126,8 +129,6 @@ impl Runtime {
         let pre = &proxy.pre;
         let (head, output) = (req.head, req.output);
         let sent_bytes = std::cell::Cell::new(0usize);
-        let refused = std::cell::Cell::new(false);
-        let memory_refused = &refused;
         let joined = in_tokio(async {
             let guest = async move {
                 let called: wasmtime::Result<Bindings> = async {
@@ -142,49 +143,52 @@ impl Runtime {
                     Ok(bindings)
                 }
                 .await;
-                memory_refused.set(store.data_mut().limits.refused());
-                // Dropping the store closes the response body's channel,
-                // which ends the sender; a store to keep stays open until
-                // the guest has finished the body.
-                match called {
-                    Ok(bindings) if keep => Ok(Some((store, bindings))),
-                    Ok(_) => Ok(None),
-                    Err(e) => Err(e),
-                }
+                (store, called)
             };
             let send = send_response(rx, head, output, limits.max_output, deadline, &sent_bytes);
-            tokio::time::timeout_at(deadline.into(), async { tokio::join!(guest, send) }).await
+            tokio::time::timeout_at(deadline.into(), drive(guest, send)).await
         });
         // Whatever the guest kept of the request can no longer reach it.
         drop(revoke);
         let (stderr, stderr_truncated) = log.take();
         let (result, exit_code, to_keep) = match joined {
+            // The store went with the futures, before the lease.
             Err(_) => (Err(timed_out(name, limits.timeout)), -1, None),
-            // The server stopped taking the body, or the body broke its
-            // content-length: the guest's failure to write or finish it is
-            // the consequence, not the cause.
-            Ok((_, sent @ (Sent::TooLong | Sent::Failed(_) | Sent::Broken(_)))) => {
-                (sent_result(name, sent, &limits), -1, None)
-            }
-            Ok((Err(e), _)) => {
-                let (result, code) = classify(name, e, &limits);
-                (result, code, None)
-            }
-            Ok((Ok(store), sent)) => {
-                let result = sent_result(name, sent, &limits);
-                let to_keep = store.filter(|_| result.is_ok());
-                (result, 0, to_keep)
+            Ok(((mut store, called), sent)) => {
+                let refused = store.data_mut().limits.refused();
+                let (result, exit_code, bindings) = match (called, sent) {
+                    // The server stopped taking the body, or the body broke
+                    // its content-length: the guest's failure to write or
+                    // finish it is the consequence, not the cause.
+                    (_, sent @ (Sent::TooLong | Sent::Failed(_) | Sent::Broken(_))) => {
+                        (sent_result(name, sent, &limits), -1, None)
+                    }
+                    (Err(e), _) => {
+                        let (result, code) = classify(name, e, &limits);
+                        let result = result.map_err(|e| match refused {
+                            true if e.code == Code::Trap => at_memory_cap(e, &limits),
+                            _ => e,
+                        });
+                        (result, code, None)
+                    }
+                    (Ok(bindings), sent) => {
+                        let result = sent_result(name, sent, &limits);
+                        let bindings = result.is_ok().then_some(bindings);
+                        (result, 0, bindings)
+                    }
+                };
+                // Only an instance that served its request completely is
+                // kept: never one that trapped, timed out or hit a limit.
+                let to_keep = match (bindings, keep) {
+                    (Some(b), true) => Some((store, b)),
+                    _ => {
+                        drop(store);
+                        None
+                    }
+                };
+                (result, exit_code, to_keep)
             }
         };
-        let result = result.map_err(|e| {
-            if refused.get() && e.code == Code::Trap {
-                at_memory_cap(e, &limits)
-            } else {
-                e
-            }
-        });
-        // Only an instance that served its request completely is kept:
-        // never one that trapped, timed out or hit a limit.
         match (to_keep, key) {
             (Some((store, bindings)), Some(key)) => lease.keep(Kept {
                 key,
@@ -230,6 +234,46 @@ fn new_store(engine: &Engine, req: &Request<'_>, log: &CappedPipe) -> Result<Sto
     );
     store.limiter(|h| &mut h.limits);
     Ok(store)
+}
+
+/// Times the sender of a response is polled, yielding in between, after the
+/// guest returned: enough to take what the guest wrote and finished.
+const DRAIN_POLLS: usize = 4;
+
+/// Runs the guest and the sender of its response together until the guest
+/// returns, then lets the sender take what is left of what the guest wrote.
+/// A sender still waiting after that waits for a head or a body the guest
+/// will never finish: wasi:http ends such a body as if it were whole when
+/// the store goes, so it is reported, rather than awaited (an instance
+/// kept for reuse would hold it until `WasmTimeout`) or taken for whole.
+async fn drive<G: std::future::Future>(
+    guest: G,
+    send: impl std::future::Future<Output = Sent>,
+) -> (G::Output, Sent) {
+    use std::task::Poll;
+    let mut send = std::pin::pin!(send);
+    let mut guest = std::pin::pin!(guest);
+    let mut sent = None;
+    let out = std::future::poll_fn(|cx| {
+        if sent.is_none() {
+            if let Poll::Ready(s) = send.as_mut().poll(cx) {
+                sent = Some(s);
+            }
+        }
+        guest.as_mut().poll(cx)
+    })
+    .await;
+    if let Some(s) = sent {
+        return (out, s);
+    }
+    for _ in 0..DRAIN_POLLS {
+        if let Poll::Ready(s) = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await
+        {
+            return (out, s);
+        }
+        tokio::task::yield_now().await;
+    }
+    (out, Sent::Unfinished)
 }
 
 /// The request as `wasi:http` takes it.
@@ -291,6 +335,10 @@ fn sent_result(name: &str, sent: Sent, limits: &crate::limits::Limits) -> Result
             ),
         ),
         Sent::Broken(why) => err(Code::Trap, format!("the response body failed: {why}")),
+        Sent::Unfinished => err(
+            Code::Trap,
+            "the guest returned without setting its response or finishing its body".into(),
+        ),
     }
 }
 
