@@ -402,24 +402,27 @@ static const char *wasm_cmd_pool_shards(cmd_parms *cmd, void *dconf,
     return NULL;
 }
 
-static const char *wasm_cmd_max_open_files(cmd_parms *cmd, void *dconf,
-                                           const char *arg)
-{
-    if (!wasm_parse_count(arg, 65536,
-                          &((wasm_dir_conf *)dconf)->max_open_files)) {
-        return apr_psprintf(cmd->pool, "WasmMaxOpenFiles: '%s' is not a "
-                            "number between 1 and 65536", arg);
-    }
-    return NULL;
-}
+/* A per-directory count directive: its field and its largest value. */
+typedef struct {
+    apr_size_t offset;
+    long max;
+} wasm_count_field;
 
-static const char *wasm_cmd_instance_reuse(cmd_parms *cmd, void *dconf,
-                                           const char *arg)
+static const wasm_count_field wasm_max_open_files_field = {
+    APR_OFFSETOF(wasm_dir_conf, max_open_files), 65536
+};
+static const wasm_count_field wasm_instance_reuse_field = {
+    APR_OFFSETOF(wasm_dir_conf, instance_reuse), 1000000
+};
+
+static const char *wasm_cmd_count(cmd_parms *cmd, void *dconf,
+                                  const char *arg)
 {
-    if (!wasm_parse_count(arg, 1000000,
-                          &((wasm_dir_conf *)dconf)->instance_reuse)) {
-        return apr_psprintf(cmd->pool, "WasmInstanceReuse: '%s' is not a "
-                            "number between 1 and 1000000", arg);
+    const wasm_count_field *f = cmd->info;
+
+    if (!wasm_parse_count(arg, f->max, (int *)((char *)dconf + f->offset))) {
+        return apr_psprintf(cmd->pool, "%s: '%s' is not a number between 1 "
+                            "and %ld", cmd->cmd->name, arg, f->max);
     }
     return NULL;
 }
@@ -463,11 +466,13 @@ const command_rec wasm_cmds[] = {
                   (void *)APR_OFFSETOF(wasm_dir_conf, max_output),
                   RSRC_CONF | ACCESS_CONF,
                   "most bytes one request may write to stdout"),
-    AP_INIT_TAKE1("WasmMaxOpenFiles", wasm_cmd_max_open_files, NULL,
+    AP_INIT_TAKE1("WasmMaxOpenFiles", wasm_cmd_count,
+                  (void *)&wasm_max_open_files_field,
                   RSRC_CONF | ACCESS_CONF,
                   "most files and directories one request may have open at "
                   "once"),
-    AP_INIT_TAKE1("WasmInstanceReuse", wasm_cmd_instance_reuse, NULL,
+    AP_INIT_TAKE1("WasmInstanceReuse", wasm_cmd_count,
+                  (void *)&wasm_instance_reuse_field,
                   RSRC_CONF | ACCESS_CONF,
                   "requests one instance of a component may serve, in turn "
                   "(1: a fresh instance for each)"),

@@ -51,33 +51,29 @@ struct Sent {
 #[derive(Clone, Default)]
 struct Collect(Arc<Mutex<Sent>>);
 
+/// Header fields as text.
+fn text_fields(fields: &[(&[u8], &[u8])]) -> Vec<(String, String)> {
+    fields
+        .iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(k).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            )
+        })
+        .collect()
+}
+
 impl HeadSink for Collect {
     fn send_head(&mut self, status: u16, headers: &[(&[u8], &[u8])]) -> std::io::Result<()> {
         let mut s = self.0.lock().unwrap();
         s.status = status;
-        s.headers = headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    String::from_utf8_lossy(k).into_owned(),
-                    String::from_utf8_lossy(v).into_owned(),
-                )
-            })
-            .collect();
+        s.headers = text_fields(headers);
         Ok(())
     }
 
     fn send_trailers(&mut self, trailers: &[(&[u8], &[u8])]) -> std::io::Result<()> {
-        let mut s = self.0.lock().unwrap();
-        s.trailers = trailers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    String::from_utf8_lossy(k).into_owned(),
-                    String::from_utf8_lossy(v).into_owned(),
-                )
-            })
-            .collect();
+        self.0.lock().unwrap().trailers = text_fields(trailers);
         Ok(())
     }
 }

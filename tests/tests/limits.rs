@@ -249,6 +249,16 @@ fn bad_limit_values_fail_configtest_naming_the_directive() {
         ("WasmPoolShards 0", "WasmPoolShards"),
         ("WasmPoolShards many", "WasmPoolShards"),
         ("WasmPoolShards 65", "WasmPoolShards"),
+        (
+            "WasmInstanceReuse 0",
+            "WasmInstanceReuse: '0' is not a number between 1 and 1000000",
+        ),
+        ("WasmInstanceReuse 1000001", "WasmInstanceReuse"),
+        ("WasmInstanceReuse lots", "WasmInstanceReuse"),
+        (
+            "WasmMaxOpenFiles 65537",
+            "WasmMaxOpenFiles: '65537' is not a number between 1 and 65536",
+        ),
     ] {
         let (ok, out) = configtest(&Options::new(&format!("{directive}\n")));
         assert!(!ok, "{directive} passed configtest");
