@@ -222,27 +222,30 @@ fn wasm_max_output_cuts_a_component_that_writes_too_much() {
     assert!(s.error_log().contains("WasmMaxOutput"), "{}", s.error_log());
 }
 
-#[test]
-fn a_component_without_a_handler_fails_configtest_naming_it() {
-    let dir = e2e::apache::scratch_dir("nohandler");
-    std::fs::write(
-        dir.join("empty.wasm"),
-        wat::parse_str("(component)").unwrap(),
-    )
-    .unwrap();
+/// What `apachectl configtest` says of a server whose one module is the
+/// component `wat`, written as `name`; the check must fail.
+fn configtest_failure(name: &str, wat: &str) -> String {
+    let dir = e2e::apache::scratch_dir(name.trim_end_matches(".wasm"));
+    std::fs::write(dir.join(name), wat::parse_str(wat).unwrap()).unwrap();
     let site = format!(
-        "<Location /x>\n  SetHandler wasm-handler\n  WasmModule {}/empty.wasm\n</Location>\n",
+        "<Location /x>\n  SetHandler wasm-handler\n  WasmModule {}/{name}\n</Location>\n",
         dir.display()
     );
     let (ok, out) = e2e::apache::configtest(&Options::new(&site).cache_dir(&dir.join("cache")));
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(!ok, "{out}");
+    out
+}
+
+#[test]
+fn a_component_without_a_handler_fails_configtest_naming_it() {
+    let out = configtest_failure("empty.wasm", "(component)");
     assert!(
         out.contains("empty.wasm")
             && out.contains("incoming-handler")
             && out.contains("httpd.conf:"),
         "{out}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -280,18 +283,10 @@ fn a_client_leaving_mid_response_frees_the_slot_for_the_next_request() {
 
 #[test]
 fn a_component_with_unknown_imports_fails_configtest_naming_them() {
-    let dir = e2e::apache::scratch_dir("componentimports");
-    let wasm = wat::parse_str(
+    let out = configtest_failure(
+        "imports.wasm",
         r#"(component (import "acme:mystery/thing" (instance (export "poke" (func)))))"#,
-    )
-    .unwrap();
-    std::fs::write(dir.join("imports.wasm"), wasm).unwrap();
-    let site = format!(
-        "<Location /x>\n  SetHandler wasm-handler\n  WasmModule {}/imports.wasm\n</Location>\n",
-        dir.display()
     );
-    let (ok, out) = e2e::apache::configtest(&Options::new(&site).cache_dir(&dir.join("cache")));
-    assert!(!ok, "{out}");
     assert!(
         out.contains("imports.wasm")
             && out.contains("does not provide")
@@ -299,7 +294,6 @@ fn a_component_with_unknown_imports_fails_configtest_naming_them() {
             && out.contains("httpd.conf:"),
         "{out}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
