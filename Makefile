@@ -24,12 +24,13 @@ INTERP      := $(BUILD)/interp/micropython.wasm $(BUILD)/interp/python-3.12.0.wa
 
 # wasi:http components (guests/http/), built with registry toolchains.
 PY_COMPONENTS := $(patsubst guests/http/%.py,$(BUILD)/components/%-py.wasm,$(wildcard guests/http/*.py))
+PY3_COMPONENTS := $(patsubst guests/http/p3/%.py,$(BUILD)/components/%-py3.wasm,$(wildcard guests/http/p3/*.py))
 JS_COMPONENTS := $(patsubst guests/http/js/%.js,$(BUILD)/components/%-js.wasm,$(wildcard guests/http/js/*.js))
 C_COMPONENTS  := $(patsubst guests/http/c/%.c,$(BUILD)/components/%-c.wasm,$(filter-out %/response.c,$(wildcard guests/http/c/*.c)))
 
 .PHONY: all deps run stop test unit e2e install clean fmt lint bench
 
-all: $(BUILD)/mod_wasm.so $(GUESTS) $(INTERP) $(PY_COMPONENTS) $(C_COMPONENTS) $(JS_COMPONENTS)
+all: $(BUILD)/mod_wasm.so $(GUESTS) $(INTERP) $(PY_COMPONENTS) $(PY3_COMPONENTS) $(C_COMPONENTS) $(JS_COMPONENTS)
 
 # Interpreters come from PyPI, pinned and checksummed (never committed).
 $(INTERP): scripts/fetch-interpreters
@@ -59,6 +60,9 @@ $(BUILD)/mod_wasm.so: $(SHIM_SRC) mod_wasm_c/mod_wasm.h runtime/include/wasm_run
 
 $(BUILD)/components/%-py.wasm: guests/http/%.py scripts/build-components Cargo.lock
 	scripts/build-components $*-py
+
+$(BUILD)/components/%-py3.wasm: guests/http/p3/%.py scripts/build-components Cargo.lock
+	scripts/build-components $*-py3
 
 $(BUILD)/components/%-js.wasm: guests/http/js/%.js guests/http/js/package-lock.json scripts/build-components Cargo.lock
 	scripts/build-components $*-js

@@ -31,17 +31,17 @@ pub type wasm_rt_runtime = Runtime;
 
 /// Runs `f`, turning a panic into [`Code::Panic`].
 pub(crate) fn guard(what: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
-        let detail = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        Err(Error::new(
-            Code::Panic,
-            format!("{what} panicked: {detail}"),
-        ))
-    })
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| Err(panicked(what, &*p)))
+}
+
+/// The error of `what`, which panicked with `payload`.
+pub(crate) fn panicked(what: &str, payload: &(dyn std::any::Any + Send)) -> Error {
+    let detail = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    Error::new(Code::Panic, format!("{what} panicked: {detail}"))
 }
 
 /// Frees what `p` owns with `free`, unless `p` is NULL; a panic in a

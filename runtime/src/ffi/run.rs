@@ -405,8 +405,8 @@ pub unsafe extern "C" fn wasm_rt_run(
             ),
         }
     }))
-    .unwrap_or_else(|_| {
-        let e = Error::new(Code::Panic, "wasm_rt_run panicked");
+    .unwrap_or_else(|p| {
+        let e = super::panicked("wasm_rt_run", &*p);
         response(Err(e), -1, Output::default(), 0, Bytes::new(), false)
     });
     let code = boxed.c.code;

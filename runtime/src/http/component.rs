@@ -1,22 +1,46 @@
-//! A `wasi:http/proxy` component as loaded into one engine: its imports
-//! resolved and its `incoming-handler` export found once, so that a request
-//! only instantiates and calls.
+//! A `wasi:http` component as loaded into one engine: its imports resolved
+//! and its handler found once (`wasi:http/incoming-handler` of WASI 0.2 or
+//! `wasi:http/handler` of WASI 0.3), so that a request only instantiates
+//! and calls.
 
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, ResourcesRequired};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use super::host::HttpHost;
 use crate::error::{chain, Code, Error, Result};
 use crate::runtime::{load_failure, with_entry_path, ModuleSpec};
 
-/// The export a component must have, in any 0.2 version.
-pub(crate) const HANDLER: &str = "wasi:http/incoming-handler@0.2";
+/// The 0.2 handler, in any 0.2 version.
+pub(crate) const HANDLER_P2: &str = "wasi:http/incoming-handler@0.2";
+
+/// The 0.3 handler. Wasmtime finds any 0.3 version by this name (never a
+/// pre-release: a `0.3.0-rc` guest is refused at configuration time).
+pub(crate) const HANDLER_P3: &str = "wasi:http/handler@0.3.0";
 
 /// A component ready to instantiate.
 pub struct Proxy {
     /// Imports resolved and the handler found once.
-    pub(crate) pre: ProxyPre<HttpHost>,
+    pub(crate) pre: Handler,
+}
+
+/// The handler a component exports, found when it is loaded.
+pub(crate) enum Handler {
+    /// `wasi:http/incoming-handler@0.2.x`, called with a request and an
+    /// outparam the guest sets its response in.
+    P2(ProxyPre<HttpHost>),
+    /// `wasi:http/handler@0.3.x`, an async function from a request to a
+    /// response.
+    P3(ServicePre<HttpHost>),
+}
+
+/// An instance's exports, kept with its store between requests.
+pub(crate) enum Bindings {
+    /// Of a 0.2 component.
+    P2(wasmtime_wasi_http::p2::bindings::Proxy),
+    /// Of a 0.3 component.
+    P3(wasmtime_wasi_http::p3::bindings::Service),
 }
 
 impl Proxy {
@@ -28,7 +52,7 @@ impl Proxy {
         spec: &ModuleSpec,
     ) -> Result<(Proxy, u64)> {
         let component = load_component(engine, spec)?;
-        let pre = proxy_pre(linker, &component, &spec.name)?;
+        let pre = handler_pre(linker, &component, &spec.name)?;
         let pages = component
             .resources_required()
             .and_then(|r| r.max_initial_memory_size)
@@ -51,12 +75,9 @@ pub(crate) fn resources_required(engine: &Engine, spec: &ModuleSpec) -> Result<R
     })
 }
 
-/// `component` linked, with its handler found.
-fn proxy_pre(
-    linker: &Linker<HttpHost>,
-    component: &Component,
-    name: &str,
-) -> Result<ProxyPre<HttpHost>> {
+/// `component` linked, with its handler found: the 0.3 one when it exports
+/// both.
+fn handler_pre(linker: &Linker<HttpHost>, component: &Component, name: &str) -> Result<Handler> {
     let pre = linker.instantiate_pre(component).map_err(|e| {
         Error::new(
             Code::Link,
@@ -66,15 +87,20 @@ fn proxy_pre(
             ),
         )
     })?;
-    ProxyPre::new(pre).map_err(|e| {
-        Error::new(
-            Code::Link,
-            format!(
-                "{name}: the component does not export {HANDLER}.x (exports: {}): {}",
-                exports(component),
-                chain(&e)
+    let p3 = component.get_export_index(None, HANDLER_P3).is_some();
+    let found = match p3 {
+        true => ServicePre::new(pre).map(Handler::P3),
+        false => ProxyPre::new(pre).map(Handler::P2),
+    };
+    found.map_err(|e| {
+        let what = match p3 {
+            true => format!("its {HANDLER_P3} export is not wasi:http 0.3's handler"),
+            false => format!(
+                "the component exports neither {HANDLER_P2}.x nor {HANDLER_P3} (exports: {})",
+                exports(component)
             ),
-        )
+        };
+        Error::new(Code::Link, format!("{name}: {what}: {}", chain(&e)))
     })
 }
 
@@ -99,7 +125,7 @@ fn exports(component: &Component) -> String {
 /// # Errors
 /// [`Code::Link`] naming what is missing.
 pub fn check_component(engine: &Engine, component: &Component, name: &str) -> Result<()> {
-    proxy_pre(&super::host::linker(engine)?, component, name).map(drop)
+    handler_pre(&super::host::linker(engine)?, component, name).map(drop)
 }
 
 /// Loads a cache entry holding a component, from the file the parent

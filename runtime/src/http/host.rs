@@ -1,7 +1,7 @@
-//! What a component may import: WASI 0.2 (clocks, random, the CLI world's
-//! environment, arguments and stdio, the filesystem of its preopened
-//! directories) and `wasi:http`, whose outgoing requests are refused: a
-//! guest gets no network, as a CGI module gets none.
+//! What a component may import: WASI 0.2 and 0.3 (clocks, random, the CLI
+//! world's environment, arguments and stdio, the filesystem of its
+//! preopened directories) and `wasi:http`, whose outgoing requests are
+//! refused: a guest gets no network, as a CGI module gets none.
 
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::Engine;
@@ -88,12 +88,16 @@ impl WasiHttpHooks for NoOutgoing {
     }
 }
 
-/// A linker with WASI 0.2 and `wasi:http` (async bindings: a request runs
-/// as one future, see `serve.rs`).
+/// A linker with WASI 0.2 and 0.3 and `wasi:http` of both (async bindings:
+/// a request runs as one future, see `serve.rs`). Both, because a 0.3
+/// component may import 0.2 interfaces too: componentize-py's does, for
+/// its C library.
 pub fn linker(engine: &Engine) -> Result<Linker<HttpHost>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
+        .and_then(|()| wasmtime_wasi::p3::add_to_linker(&mut linker))
+        .and_then(|()| wasmtime_wasi_http::p3::add_to_linker(&mut linker))
         .map_err(|e| Error::new(Code::Internal, chain(&e)))?;
     Ok(linker)
 }

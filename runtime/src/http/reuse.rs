@@ -19,8 +19,8 @@
 use std::sync::Mutex;
 
 use wasmtime::Store;
-use wasmtime_wasi_http::p2::bindings::Proxy as Bindings;
 
+use super::component::Bindings;
 use super::host::HttpHost;
 use super::request::Request;
 use crate::cgi::Preopen;

@@ -1,60 +1,37 @@
-//! One request of a component: a fresh store from the pool, the request
-//! handed to the guest's `incoming-handler`, and its response sent on while
-//! the guest still writes it.
+//! One request of a component: a store from the pool (fresh, or one kept
+//! from an earlier request), the guest called with its version's caller
+//! (`call_p2.rs`, `call_p3.rs`), and what that comes to: the request's
+//! result, and whether the instance is kept.
 //!
-//! The guest and the sender of its response are two futures joined on the
-//! request's own thread (inside `in_tokio`'s `block_on`), so that reading
-//! the body and sending the response can call into the server's filters,
-//! which belong to that thread. The guest's future owns the store and drops
-//! it when the guest returns: that closes the response body's channel, so
-//! the sender ends with it.
+//! The caller's future owns the store and hands it back when the guest is
+//! done; when `WasmTimeout` cuts it, the store goes with it, before the
+//! lease of its slot.
 
+use std::cell::Cell;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::BodyExt;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::runtime::in_tokio;
 use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
-use wasmtime_wasi_http::p2::bindings::Proxy as Bindings;
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wasmtime_wasi_http::WasiHttpView;
 
 use super::body::IncomingBody;
+use super::component::{Bindings, Handler};
 use super::host::HttpHost;
-use super::request::{HeadSink, Request};
+use super::request::Request;
 use super::reuse::{Kept, ReuseKey};
+use super::send::{sent_result, Sink};
+use super::{call_p2, call_p3, Called};
 use crate::cgi::{preopen, Outcome};
-use crate::error::{chain, Code, Error, Result};
-use crate::limits::{time_left, MemoryCap, MAX_STDERR};
+use crate::error::{Code, Error, Result};
+use crate::limits::{MemoryCap, MAX_STDERR};
 use crate::outcome::{classify, timed_out};
-use crate::pipe::{CappedPipe, Output, OutputSink, Overflow};
+use crate::pipe::{CappedPipe, Output, Overflow};
 use crate::runtime::Runtime;
 
 /// Resources a component may hold at once besides its open files: requests,
 /// fields, bodies, streams and pollables.
 const HTTP_HANDLES: usize = 1024;
-
-/// How the sending of a response ended.
-enum Sent {
-    /// All of the body went out.
-    Complete,
-    /// The guest returned, or failed, without setting a response.
-    NotSet,
-    /// The guest set an error instead of a response.
-    Refused(ErrorCode),
-    /// The head or a part of the body could not be sent.
-    Failed(std::io::Error),
-    /// The body outgrew `WasmMaxOutput`.
-    TooLong,
-    /// The body ended in an error (a `content-length` it did not match, or
-    /// the guest's abort).
-    Broken(String),
-    /// The guest returned without setting a response or finishing its body.
-    Unfinished,
-}
 
 impl Runtime {
     /// Serves one HTTP request with component `index`, in a fresh instance
@@ -106,88 +83,47 @@ impl Runtime {
 
         let (body, revoke) = IncomingBody::new(req.body, deadline);
         let request = request.map(|()| body);
-        let scheme = if req.scheme == "https" {
-            Scheme::Https
-        } else {
-            Scheme::Http
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let handles = {
-            let mut view = store.data_mut().http();
-            view.new_incoming_request(scheme, request)
-                .and_then(|r| view.new_response_outparam(tx).map(|o| (r, o)))
-        };
-        let (request, outparam) = match handles {
-            Ok(h) => h,
-            Err(e) => {
-                return Outcome::failed(Error::new(
-                    Code::Internal,
-                    format!("{name}: cannot hand the request over: {}", chain(&e)),
-                ))
+        let https = req.scheme == "https";
+        let sent_bytes = Cell::new(0usize);
+        let sink = Sink::new(
+            req.head,
+            req.output,
+            limits.max_output,
+            deadline,
+            &sent_bytes,
+        );
+        let call = async {
+            match (&proxy.pre, bindings) {
+                (Handler::P2(pre), b) => {
+                    let kept = b.and_then(|b| match b {
+                        Bindings::P2(b) => Some(b),
+                        Bindings::P3(_) => None,
+                    });
+                    call_p2::call(store, pre, kept, request, https, sink).await
+                }
+                (Handler::P3(pre), b) => {
+                    let kept = b.and_then(|b| match b {
+                        Bindings::P3(b) => Some(b),
+                        Bindings::P2(_) => None,
+                    });
+                    call_p3::call(store, pre, kept, request, sink, keep).await
+                }
             }
         };
-        let pre = &proxy.pre;
-        let (head, output) = (req.head, req.output);
-        let sent_bytes = std::cell::Cell::new(0usize);
-        let joined = in_tokio(async {
-            let guest = async move {
-                let called: wasmtime::Result<Bindings> = async {
-                    let bindings = match bindings {
-                        Some(b) => b,
-                        None => pre.instantiate_async(&mut store).await?,
-                    };
-                    bindings
-                        .wasi_http_incoming_handler()
-                        .call_handle(&mut store, request, outparam)
-                        .await?;
-                    Ok(bindings)
-                }
-                .await;
-                (store, called)
-            };
-            let send = send_response(rx, head, output, limits.max_output, deadline, &sent_bytes);
-            tokio::time::timeout_at(deadline.into(), drive(guest, send)).await
-        });
+        // The timer needs the runtime `in_tokio` enters.
+        let joined = in_tokio(async { tokio::time::timeout_at(deadline.into(), call).await });
         // Whatever the guest kept of the request can no longer reach it.
         drop(revoke);
         let (stderr, stderr_truncated) = log.take();
         let (result, exit_code, to_keep) = match joined {
-            // The store went with the futures, before the lease.
+            // The store went with the future, before the lease.
             Err(_) => (Err(timed_out(name, limits.timeout)), -1, None),
-            Ok(((mut store, called), sent)) => {
-                let refused = store.data_mut().limits.refused();
-                let (result, exit_code, bindings) = match (called, sent) {
-                    // The server stopped taking the body, or the body broke
-                    // its content-length: the guest's failure to write or
-                    // finish it is the consequence, not the cause.
-                    (_, sent @ (Sent::TooLong | Sent::Failed(_) | Sent::Broken(_))) => {
-                        (sent_result(name, sent, &limits), -1, None)
-                    }
-                    (Err(e), _) => {
-                        let (result, code) = classify(name, e, &limits);
-                        let result = result.map_err(|e| match refused {
-                            true if e.code == Code::Trap => at_memory_cap(e, &limits),
-                            _ => e,
-                        });
-                        (result, code, None)
-                    }
-                    (Ok(bindings), sent) => {
-                        let result = sent_result(name, sent, &limits);
-                        let bindings = result.is_ok().then_some(bindings);
-                        (result, 0, bindings)
-                    }
-                };
-                // Only an instance that served its request completely is
-                // kept: never one that trapped, timed out or hit a limit.
-                let to_keep = match (bindings, keep) {
-                    (Some(b), true) => Some((store, b)),
-                    _ => {
-                        drop(store);
-                        None
-                    }
-                };
-                (result, exit_code, to_keep)
-            }
+            Ok(Err(e)) => (
+                Err(Error::new(e.code, format!("{name}: {}", e.message))),
+                -1,
+                None,
+            ),
+            Ok(Ok(called)) => conclude(name, called, &limits, keep),
         };
         match (to_keep, key) {
             (Some((store, bindings)), Some(key)) => lease.keep(Kept {
@@ -208,6 +144,52 @@ impl Runtime {
             stderr_truncated,
         }
     }
+}
+
+/// An instance that may serve another request: its store and exports.
+type Reusable = (Store<HttpHost>, Bindings);
+
+/// What a guest's call comes to: the request's result and exit status,
+/// and the instance to keep, if any.
+fn conclude(
+    name: &str,
+    called: Called,
+    limits: &crate::limits::Limits,
+    keep: bool,
+) -> (Result<()>, i32, Option<Reusable>) {
+    let Called {
+        mut store,
+        run,
+        sent,
+        reusable,
+    } = called;
+    let refused = store.data_mut().limits.refused();
+    let (result, exit_code, bindings) = match (run, sent) {
+        (_, sent) if sent.cut() => (sent_result(name, sent, limits), -1, None),
+        (Err(e), _) => {
+            let (result, code) = classify(name, e, limits);
+            let result = result.map_err(|e| match refused {
+                true if e.code == Code::Trap => at_memory_cap(e, limits),
+                _ => e,
+            });
+            (result, code, None)
+        }
+        (Ok(()), sent) => {
+            let result = sent_result(name, sent, limits);
+            let bindings = reusable.filter(|_| result.is_ok());
+            (result, 0, bindings)
+        }
+    };
+    // Only an instance that served its request completely is kept:
+    // never one that trapped, timed out or hit a limit.
+    let to_keep = match (bindings, keep) {
+        (Some(b), true) => Some((store, b)),
+        _ => {
+            drop(store);
+            None
+        }
+    };
+    (result, exit_code, to_keep)
 }
 
 /// A store for one instance of a component serving `req`: its `wasi:cli`
@@ -234,46 +216,6 @@ fn new_store(engine: &Engine, req: &Request<'_>, log: &CappedPipe) -> Result<Sto
     );
     store.limiter(|h| &mut h.limits);
     Ok(store)
-}
-
-/// Times the sender of a response is polled, yielding in between, after the
-/// guest returned: enough to take what the guest wrote and finished.
-const DRAIN_POLLS: usize = 4;
-
-/// Runs the guest and the sender of its response together until the guest
-/// returns, then lets the sender take what is left of what the guest wrote.
-/// A sender still waiting after that waits for a head or a body the guest
-/// will never finish: wasi:http ends such a body as if it were whole when
-/// the store goes, so it is reported, rather than awaited (an instance
-/// kept for reuse would hold it until `WasmTimeout`) or taken for whole.
-async fn drive<G: std::future::Future>(
-    guest: G,
-    send: impl std::future::Future<Output = Sent>,
-) -> (G::Output, Sent) {
-    use std::task::Poll;
-    let mut send = std::pin::pin!(send);
-    let mut guest = std::pin::pin!(guest);
-    let mut sent = None;
-    let out = std::future::poll_fn(|cx| {
-        if sent.is_none() {
-            if let Poll::Ready(s) = send.as_mut().poll(cx) {
-                sent = Some(s);
-            }
-        }
-        guest.as_mut().poll(cx)
-    })
-    .await;
-    if let Some(s) = sent {
-        return (out, s);
-    }
-    for _ in 0..DRAIN_POLLS {
-        if let Poll::Ready(s) = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await
-        {
-            return (out, s);
-        }
-        tokio::task::yield_now().await;
-    }
-    (out, Sent::Unfinished)
 }
 
 /// The request as `wasi:http` takes it.
@@ -305,128 +247,6 @@ fn http_request(
         builder = builder.header(name, value);
     }
     builder.body(()).map_err(|e| bad("head", &e))
-}
-
-/// What the guest's run comes to, given how its response was sent.
-fn sent_result(name: &str, sent: Sent, limits: &crate::limits::Limits) -> Result<()> {
-    let err = |code, text: String| Err(Error::new(code, format!("{name}: {text}")));
-    match sent {
-        Sent::Complete => Ok(()),
-        Sent::NotSet => err(
-            Code::Trap,
-            "the guest returned without setting a response".into(),
-        ),
-        Sent::Refused(code) => err(
-            Code::Trap,
-            format!("the guest answered with an error: {code:?}"),
-        ),
-        Sent::Failed(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-            Err(timed_out(name, limits.timeout))
-        }
-        Sent::Failed(e) => err(
-            Code::Aborted,
-            format!("the response could not be sent: {e}"),
-        ),
-        Sent::TooLong => err(
-            Code::OutputLimit,
-            format!(
-                "the guest wrote more than {} bytes of body (WasmMaxOutput)",
-                limits.max_output
-            ),
-        ),
-        Sent::Broken(why) => err(Code::Trap, format!("the response body failed: {why}")),
-        Sent::Unfinished => err(
-            Code::Trap,
-            "the guest returned without setting its response or finishing its body".into(),
-        ),
-    }
-}
-
-/// Waits for the guest's response, sends its head, then its body as the
-/// guest writes it.
-async fn send_response(
-    rx: tokio::sync::oneshot::Receiver<
-        std::result::Result<http::Response<HyperOutgoingBody>, ErrorCode>,
-    >,
-    mut head: Option<Box<dyn HeadSink>>,
-    mut output: Option<Box<dyn OutputSink>>,
-    max_output: usize,
-    deadline: Instant,
-    sent_bytes: &std::cell::Cell<usize>,
-) -> Sent {
-    let response = match rx.await {
-        Ok(Ok(r)) => r,
-        Ok(Err(code)) => return Sent::Refused(code),
-        Err(_) => return Sent::NotSet,
-    };
-    let (parts, mut body) = response.into_parts();
-    let declared: Option<usize> = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
-    // wasi:http refuses a finish short of the content-length; the body
-    // that was to go out does not match what the head said.
-    let mismatch = |written: usize, declared: usize| {
-        Sent::Broken(format!(
-            "the body does not match its content-length ({declared} bytes): \
-             the guest wrote {written}"
-        ))
-    };
-    let fields: Vec<(&[u8], &[u8])> = parts
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))
-        .collect();
-    if let Some(h) = head.as_mut() {
-        if let Err(e) = h.send_head(parts.status.as_u16(), &fields) {
-            return Sent::Failed(e);
-        }
-    }
-    let mut written = 0usize;
-    while let Some(frame) = body.frame().await {
-        let data: Bytes = match frame.map(|f| f.into_data()) {
-            Ok(Ok(d)) => d,
-            Ok(Err(f)) => {
-                if let (Some(h), Ok(trailers)) = (head.as_mut(), f.into_trailers()) {
-                    let fields: Vec<(&[u8], &[u8])> = trailers
-                        .iter()
-                        .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))
-                        .collect();
-                    if let Err(e) = h.send_trailers(&fields) {
-                        return Sent::Failed(e);
-                    }
-                }
-                continue;
-            }
-            Err(e) => match declared {
-                Some(d) if d != written => return mismatch(written, d),
-                _ => return Sent::Broken(e.to_string()),
-            },
-        };
-        written += data.len();
-        if written > max_output {
-            return Sent::TooLong;
-        }
-        // Never a byte past the length the head announced: on a kept-alive
-        // connection it would be read as the start of the next response.
-        if let Some(d) = declared.filter(|&d| written > d) {
-            return mismatch(written, d);
-        }
-        if let Some(out) = output.as_mut() {
-            let timeout = match time_left(deadline, "sending the response") {
-                Ok(t) => t,
-                Err(e) => return Sent::Failed(e),
-            };
-            if let Err(e) = out.send(&[data], timeout) {
-                return Sent::Failed(e);
-            }
-            sent_bytes.set(written);
-        }
-    }
-    match declared {
-        Some(d) if d != written => mismatch(written, d),
-        _ => Sent::Complete,
-    }
 }
 
 /// `e`, the failure of a guest that was refused memory first: most likely
