@@ -64,6 +64,13 @@ static int wasm_child_slots(void)
     return threads + 1;
 }
 
+/* Whether this generation's engines have the component model's
+ * concurrency: only when a configured module needs it (a wasi:http 0.3
+ * component), since it slows every other component's calls; and the first
+ * module that needs it, for the log. */
+static int wasm_concurrency;
+static const char *wasm_concurrency_for;
+
 /* What the runtime of each child is built from (wasm_rt_runtime_new, and
  * wasm_rt_runtime_check first): every module, by its index. */
 static void wasm_runtime_options(apr_pool_t *p, wasm_rt_runtime_options *o)
@@ -85,6 +92,7 @@ static void wasm_runtime_options(apr_pool_t *p, wasm_rt_runtime_options *o)
     o->n_modules = n;
     o->slots = (uint32_t)wasm_child_slots();
     o->shards = (uint32_t)wasm_pool_shards;
+    o->concurrency = wasm_concurrency;
 }
 
 /* `startup`: before the error log is open (APLOG_STARTUP, to stderr). */
@@ -110,6 +118,7 @@ static int wasm_precompile_module(apr_pool_t *pconf, server_rec *s,
     opts.wasm_path = m->path;
     opts.cache_dir = wasm_cache_dir;
     opts.trap_unknown_imports = m->trap_unknown;
+    opts.concurrency = wasm_concurrency;
     if (wasm_rt_precompile(&opts, &out, &error) != WASM_RT_OK) {
         ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
                      WASMLOGNO(00001) "WasmModule %s (defined at %s): %s",
@@ -185,6 +194,23 @@ static int wasm_check_config(apr_pool_t *pconf, apr_pool_t *plog,
         wasm_cache_dir = ap_runtime_dir_relative(pconf, "mod_wasm-cache");
     }
     wasm_modules_resolve();
+    /* Decided from every module before any is compiled: the setting is
+     * part of each cache entry. A file that cannot be read is reported by
+     * its compilation. */
+    wasm_concurrency = 0;
+    for (i = 0; i < wasm_modules->nelts && !wasm_concurrency; i++) {
+        const wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, i,
+                                                  wasm_module_rec);
+        char *error = NULL;
+        int32_t needs = 0;
+
+        if (wasm_rt_needs_concurrency(m->path, &needs, &error) == WASM_RT_OK
+            && needs) {
+            wasm_concurrency = 1;
+            wasm_concurrency_for = m->path;
+        }
+        wasm_rt_string_free(error);
+    }
     for (i = 0; i < wasm_modules->nelts; i++) {
         wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, i, wasm_module_rec);
 
@@ -257,6 +283,12 @@ static int wasm_post_config(apr_pool_t *pconf, apr_pool_t *plog,
                          "%s: compiled in %" APR_UINT64_T_FMT " ms into %s",
                          m->path, m->millis, m->cwasm);
         }
+    }
+    if (wasm_concurrency) {
+        ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, WASMLOGNO(00068)
+                     "the engines run with the component model's concurrency, "
+                     "which %s (a wasi:http 0.3 component) needs; every "
+                     "component's calls go through it", wasm_concurrency_for);
     }
     wasm_prune_cache(ptemp, s);
     ap_add_version_component(pconf, "mod_wasm/0.1");

@@ -20,7 +20,15 @@ fn hello_variants(c: &mut Criterion) {
         ("ondemand+epochs", false, true),
         ("ondemand", false, false),
     ] {
-        let rt = runtime(&["hello"], 4, EngineOptions { pooling, epochs });
+        let rt = runtime(
+            &["hello"],
+            4,
+            EngineOptions {
+                pooling,
+                epochs,
+                ..EngineOptions::default()
+            },
+        );
         g.bench_function(name, |b| {
             b.iter(|| {
                 let o = rt.run(0, request(ENV, "", Bytes::new()));

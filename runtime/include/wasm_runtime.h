@@ -155,7 +155,7 @@ const char *wasm_rt_version(void);
  * whose wasm_rt_abi_version() differs from the WASM_RT_ABI_VERSION it was
  * compiled with (a mismatched pair would misread arguments, not fail).
  */
-#define WASM_RT_ABI_VERSION 5
+#define WASM_RT_ABI_VERSION 6
 uint32_t wasm_rt_abi_version(void);
 
 /*
@@ -183,6 +183,9 @@ typedef struct wasm_rt_compile_options {
     const char *cache_dir;
     int32_t trap_unknown_imports;   /* 1: imports mod_wasm does not provide
                                      * become functions that trap */
+    int32_t concurrency;            /* 1: for engines with the component
+                                     * model's concurrency (see
+                                     * wasm_rt_needs_concurrency) */
 } wasm_rt_compile_options;
 
 /* What wasm_rt_precompile produced. */
@@ -211,6 +214,16 @@ typedef struct wasm_rt_compiled {
  */
 int32_t wasm_rt_precompile(const wasm_rt_compile_options *opts,
                            wasm_rt_compiled *out, char **error);
+
+/*
+ * Sets `*out` to 1 if the module at `wasm_path` is a component exporting
+ * wasi:http/handler@0.3: it needs engines with the component model's
+ * concurrency, which slows every other component's calls, so a server turns
+ * it on (for every module, compiled and run) only when a module needs it.
+ * Reads the file's exports without compiling it: safe in Apache's parent.
+ */
+int32_t wasm_rt_needs_concurrency(const char *wasm_path, int32_t *out,
+                                  char **error);
 
 /*
  * Removes the `.cwasm` entries of `cache_dir` that are not among the `n`
@@ -248,6 +261,9 @@ typedef struct wasm_rt_runtime_options {
     uint32_t shards;                /* engines they are spread over; 0: one
                                      * per CPU, at most 8, at least two slots
                                      * each; never more than `slots` */
+    int32_t concurrency;            /* 1: engines with the component model's
+                                     * concurrency, as the modules were
+                                     * compiled (wasm_rt_compile_options) */
 } wasm_rt_runtime_options;
 
 /*

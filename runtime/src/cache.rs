@@ -150,7 +150,11 @@ pub fn precompile_with(wasm_path: &Path, cache_dir: &Path, opts: &Options) -> Re
             format!("cannot read {}: {e}", wasm_path.display()),
         )
     })?;
-    let engine = compile_engine(opts.engine)?;
+    // A 0.3 component compiles only with the component model's concurrency.
+    let engine = compile_engine(EngineOptions {
+        concurrency: opts.engine.concurrency || crate::http::needs_concurrency(&wasm),
+        ..opts.engine
+    })?;
     let path = cache_dir.join(entry_name(&engine, wasm_path, &wasm));
     let (module, file, hit, replaced) = match load_cached(&engine, &path, is_component(&wasm)) {
         Ok((module, file)) => {

@@ -19,14 +19,21 @@ use crate::error::{chain, Code, Error, Result};
 /// tick after its deadline; shorter ticks cost a wake-up per tick per child.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Engine variants. Production always uses the default (pooling and epochs
-/// on); the others exist so benchmarks can measure what each costs.
+/// Engine variants. Production uses the default (pooling and epochs on)
+/// with `concurrency` as the configured modules need; the others exist so
+/// benchmarks can measure what each costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineOptions {
     /// Pooling allocator (true) or on-demand allocation (false).
     pub pooling: bool,
     /// Epoch interruption (true), which `WasmTimeout` needs.
     pub epochs: bool,
+    /// The component model's concurrency (`Config::concurrency_support`),
+    /// which `wasi:http` 0.3 components need. Off unless one is configured:
+    /// it routes every component call through Wasmtime's task machinery,
+    /// which costs a 0.2 C hello component about a fifth of its requests
+    /// per second (docs/performance.md); command modules do not notice it.
+    pub concurrency: bool,
 }
 
 impl Default for EngineOptions {
@@ -34,6 +41,7 @@ impl Default for EngineOptions {
         EngineOptions {
             pooling: true,
             epochs: true,
+            concurrency: false,
         }
     }
 }
@@ -47,6 +55,7 @@ pub fn base_config(engine_options: EngineOptions) -> Config {
     // it costs nothing for modules that do not use it.
     config.wasm_exceptions(true);
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    config.concurrency_support(engine_options.concurrency);
     config
 }
 

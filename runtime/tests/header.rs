@@ -67,7 +67,7 @@ fn abi_version_matches() {
 /// The interface when `WASM_RT_ABI_VERSION` was last decided: the version
 /// and the first 16 hex digits of the SHA-256 of the header without
 /// comments, whitespace collapsed.
-const DECIDED: (u32, &str) = (5, "6ed95b2542645da9");
+const DECIDED: (u32, &str) = (6, "925040bcc7438da8");
 
 #[test]
 fn a_changed_interface_gets_a_decided_version() {
@@ -112,6 +112,11 @@ fn prototypes_match() {
             "int32_t wasm_rt_precompile(const wasm_rt_compile_options *opts, wasm_rt_compiled *out, char **error);",
             wasm_rt_precompile
                 as unsafe extern "C" fn(*const wasm_rt_compile_options, *mut wasm_rt_compiled, *mut *mut c_char) -> i32
+                as usize,
+        ),
+        (
+            "int32_t wasm_rt_needs_concurrency(const char *wasm_path, int32_t *out, char **error);",
+            wasm_rt_needs_concurrency as unsafe extern "C" fn(*const c_char, *mut i32, *mut *mut c_char) -> i32
                 as usize,
         ),
         (
@@ -233,7 +238,12 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("wasm_rt_dir", &["guest_path", "host_path", "read_only"]),
     (
         "wasm_rt_compile_options",
-        &["wasm_path", "cache_dir", "trap_unknown_imports"],
+        &[
+            "wasm_path",
+            "cache_dir",
+            "trap_unknown_imports",
+            "concurrency",
+        ],
     ),
     (
         "wasm_rt_compiled",
@@ -245,7 +255,7 @@ const FIELDS: &[(&str, &[&str])] = &[
     ),
     (
         "wasm_rt_runtime_options",
-        &["modules", "n_modules", "slots", "shards"],
+        &["modules", "n_modules", "slots", "shards", "concurrency"],
     ),
     ("wasm_rt_module_info", &["kind", "reads_env"]),
     ("wasm_rt_chunk", &["data", "len"]),
@@ -330,7 +340,8 @@ fn struct_layouts_match() {
         wasm_rt_compile_options,
         wasm_path,
         cache_dir,
-        trap_unknown_imports
+        trap_unknown_imports,
+        concurrency
     );
     rust_layout!(
         rust,
@@ -355,7 +366,8 @@ fn struct_layouts_match() {
         modules,
         n_modules,
         slots,
-        shards
+        shards,
+        concurrency
     );
     rust_layout!(rust, wasm_rt_module_info, kind, reads_env);
     rust_layout!(rust, wasm_rt_chunk, data, len);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use wasm_runtime::cache::precompile;
 use wasm_runtime::executor::Kind;
-use wasm_runtime::http::{HeadSink, Request};
+use wasm_runtime::http::{needs_concurrency, HeadSink, Request};
 use wasm_runtime::scratch::Scratch;
 use wasm_runtime::{ModuleSpec, OutputSink, Runtime, RuntimeOptions};
 
@@ -27,14 +27,18 @@ fn component(name: &str) -> PathBuf {
 
 fn runtime(name: &str) -> Runtime {
     let d = Scratch::new(&format!("http-{name}"));
-    let compiled = precompile(&component(name), &d.join("cache")).unwrap();
+    let path = component(name);
+    let compiled = precompile(&path, &d.join("cache")).unwrap();
+    let mut options = RuntimeOptions::with_slots(2);
+    // As the server decides it (a 0.3 component is compiled for it).
+    options.engine.concurrency = needs_concurrency(&std::fs::read(&path).unwrap());
     Runtime::new(
         &[ModuleSpec {
             cwasm: compiled.cwasm,
             name: name.into(),
             trap_unknown_imports: false,
         }],
-        &RuntimeOptions::with_slots(2),
+        &options,
     )
     .unwrap()
 }
@@ -101,6 +105,16 @@ fn get(path: &str) -> (Request<'static>, Collect) {
         ..Request::default()
     };
     (req, c)
+}
+
+#[test]
+fn only_a_0_3_component_needs_the_component_model_s_concurrency() {
+    let needs = |name: &str| needs_concurrency(&std::fs::read(component(name)).unwrap());
+    assert!(needs("probe-py3") && needs("hello-py3"));
+    for name in ["probe-py", "hello-c", "hello-js"] {
+        assert!(!needs(name), "{name}");
+    }
+    assert!(!needs_concurrency(&wat::parse_str("(module)").unwrap()));
 }
 
 #[test]

@@ -38,6 +38,15 @@ fn hello_under(mpm: Mpm) {
         assert_eq!(r.header("content-type"), Some("text/plain"));
         assert_eq!(r.text(), "Hello from JavaScript, /js/a?b=1");
     }
+    // A 0.3 component turns the component model's concurrency on, and the
+    // log says which.
+    assert!(
+        s.error_log().contains("WASM00068")
+            && s.error_log()
+                .contains("hello-py3.wasm (a wasi:http 0.3 component) needs"),
+        "{}",
+        s.error_log()
+    );
     // HEAD runs the guest and sends no body.
     for path in ["/py/", "/py3/"] {
         let r = Request::new("HEAD", path).send(s.port).unwrap();
@@ -441,6 +450,13 @@ fn trailers_to_an_http_1_client_are_dropped_with_a_log_line() {
         log.contains("WASM00066") && log.contains("x-checksum"),
         "{log}"
     );
+}
+
+#[test]
+fn a_server_without_a_0_3_component_runs_without_the_component_model_s_concurrency() {
+    let s = Apache::start(&component("/c", "hello-c", ""));
+    assert_eq!(get(s.port, "/c/").status, 200, "{}", s.error_log());
+    assert!(!s.error_log().contains("WASM00068"), "{}", s.error_log());
 }
 
 /// The peak resident memory of process `pid`, in KiB.

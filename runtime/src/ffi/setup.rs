@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use super::{c_array, c_message, c_path, c_text, guard, release, report, wasm_rt_runtime};
 use crate::cache::{Entry, Options};
+use crate::engine::EngineOptions;
 use crate::error::{Code, Error, Result};
 use crate::executor::Kind;
 use crate::forked::{check_forked, precompile_forked};
@@ -27,6 +28,9 @@ pub struct wasm_rt_compile_options {
     pub cache_dir: *const c_char,
     /// Non-zero: imports mod_wasm does not provide become trapping functions.
     pub trap_unknown_imports: i32,
+    /// Non-zero: for an engine with the component model's concurrency (see
+    /// `wasm_rt_needs_concurrency`).
+    pub concurrency: i32,
 }
 
 /// See `wasm_rt_compiled` in the header.
@@ -76,7 +80,10 @@ pub unsafe extern "C" fn wasm_rt_precompile(
         let cache = unsafe { c_path(o.cache_dir, "cache_dir") }?;
         let options = Options {
             trap_unknown_imports: o.trap_unknown_imports != 0,
-            ..Options::default()
+            engine: EngineOptions {
+                concurrency: o.concurrency != 0,
+                ..EngineOptions::default()
+            },
         };
         let compiled = precompile_forked(&wasm, &cache, &options)?;
         let path = CString::new(compiled.cwasm.path.as_os_str().as_bytes())
@@ -97,6 +104,30 @@ pub unsafe extern "C" fn wasm_rt_precompile(
                 .map_or(ptr::null_mut(), |why| c_message(&why).into_raw()),
         };
         unsafe { out.write(result) };
+        Ok(())
+    });
+    unsafe { report(r, error) }
+}
+
+/// Whether the module at `wasm_path` needs engines with the component
+/// model's concurrency; see [`crate::http::needs_concurrency`].
+///
+/// # Safety
+/// Pointers are NULL or valid as the header describes.
+#[no_mangle]
+pub unsafe extern "C" fn wasm_rt_needs_concurrency(
+    wasm_path: *const c_char,
+    out: *mut i32,
+    error: *mut *mut c_char,
+) -> i32 {
+    let r = guard("wasm_rt_needs_concurrency", || {
+        if out.is_null() {
+            return Err(Error::new(Code::InvalidArgument, "out is NULL"));
+        }
+        let path = unsafe { c_path(wasm_path, "wasm_path") }?;
+        let wasm = std::fs::read(&path)
+            .map_err(|e| Error::new(Code::Io, format!("cannot read {}: {e}", path.display())))?;
+        unsafe { out.write(i32::from(crate::http::needs_concurrency(&wasm))) };
         Ok(())
     });
     unsafe { report(r, error) }
@@ -154,6 +185,9 @@ pub struct wasm_rt_runtime_options {
     pub slots: u32,
     /// Engines the slots are spread over; 0: one per CPU.
     pub shards: u32,
+    /// Non-zero: engines with the component model's concurrency, as the
+    /// modules were compiled for.
+    pub concurrency: i32,
 }
 
 /// The modules and options of `wasm_rt_runtime_new` and `wasm_rt_runtime_check`.
@@ -195,6 +229,10 @@ unsafe fn from_c(
         .collect::<Result<Vec<_>>>()?;
     let options = RuntimeOptions {
         shards: (o.shards != 0).then_some(o.shards),
+        engine: EngineOptions {
+            concurrency: o.concurrency != 0,
+            ..EngineOptions::default()
+        },
         ..RuntimeOptions::with_slots(o.slots)
     };
     Ok((specs, options))

@@ -104,6 +104,38 @@ fn handler_pre(linker: &Linker<HttpHost>, component: &Component, name: &str) -> 
     })
 }
 
+/// Whether `wasm` is a component that exports the 0.3 handler, and so needs
+/// an engine with the component model's concurrency
+/// ([`crate::engine::EngineOptions::concurrency`]). Read from the binary's
+/// top-level exports, without compiling: the server decides its engines'
+/// settings from every configured module before it compiles any.
+pub fn needs_concurrency(wasm: &[u8]) -> bool {
+    use wasmtime::wasmparser::{Parser, Payload};
+    let prefix = HANDLER_P3.trim_end_matches(".0");
+    // Each module and component, nested ones too, starts with its version
+    // and ends with its end.
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload {
+            Ok(Payload::Version { .. }) => depth += 1,
+            Ok(Payload::End(_)) => depth = depth.saturating_sub(1),
+            Ok(Payload::ComponentExportSection(exports)) if depth == 1 => {
+                if exports
+                    .into_iter()
+                    .flatten()
+                    .any(|e| e.name.name.starts_with(prefix))
+                {
+                    return true;
+                }
+            }
+            Ok(_) => {}
+            // Not ours to report: compiling it says what is wrong.
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
 /// The names a component exports, for messages.
 fn exports(component: &Component) -> String {
     let engine = component.engine();

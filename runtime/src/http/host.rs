@@ -88,16 +88,21 @@ impl WasiHttpHooks for NoOutgoing {
     }
 }
 
-/// A linker with WASI 0.2 and 0.3 and `wasi:http` of both (async bindings:
-/// a request runs as one future, see `serve.rs`). Both, because a 0.3
-/// component may import 0.2 interfaces too: componentize-py's does, for
-/// its C library.
+/// A linker with WASI 0.2 and `wasi:http` 0.2 (async bindings: a request
+/// runs as one future, see `serve.rs`) and, on an engine with the component
+/// model's concurrency, WASI 0.3 and `wasi:http` 0.3 as well. Both, because
+/// a 0.3 component may import 0.2 interfaces too: componentize-py's does,
+/// for its C library.
 pub fn linker(engine: &Engine) -> Result<Linker<HttpHost>> {
     let mut linker = Linker::new(engine);
+    let internal = |e: wasmtime::Error| Error::new(Code::Internal, chain(&e));
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
-        .and_then(|()| wasmtime_wasi::p3::add_to_linker(&mut linker))
-        .and_then(|()| wasmtime_wasi_http::p3::add_to_linker(&mut linker))
-        .map_err(|e| Error::new(Code::Internal, chain(&e)))?;
+        .map_err(internal)?;
+    if engine.get_concurrency_support() {
+        wasmtime_wasi::p3::add_to_linker(&mut linker)
+            .and_then(|()| wasmtime_wasi_http::p3::add_to_linker(&mut linker))
+            .map_err(internal)?;
+    }
     Ok(linker)
 }

@@ -34,7 +34,7 @@ struct Called {
 }
 
 pub(crate) use component::resources_required;
-pub use component::{check_component, Proxy};
+pub use component::{check_component, needs_concurrency, Proxy};
 pub use host::HttpHost;
 pub use request::{HeadSink, Request};
 pub(crate) use reuse::{Kept, Shelf};
