@@ -285,10 +285,11 @@ static int wasm_post_config(apr_pool_t *pconf, apr_pool_t *plog,
         }
     }
     if (wasm_concurrency) {
-        ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, WASMLOGNO(00068)
+        ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, WASMLOGNO(00068)
                      "the engines run with the component model's concurrency, "
                      "which %s (a wasi:http 0.3 component) needs; every "
-                     "component's calls go through it", wasm_concurrency_for);
+                     "component's calls go through it (WASI 0.3 support is "
+                     "still experimental in Wasmtime 48)", wasm_concurrency_for);
     }
     wasm_prune_cache(ptemp, s);
     ap_add_version_component(pconf, "mod_wasm/0.1");

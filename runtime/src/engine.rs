@@ -127,6 +127,21 @@ const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
 /// touched more slots (26 slots per child); 128 KiB bounds that.
 const KEEP_RESIDENT: usize = 128 << 10;
 
+/// Fiber stacks per slot on an engine with the component model's
+/// concurrency: a 0.3 guest holds one for each of its fibers suspended at
+/// once (a worker blocked in a call to an async import keeps its stack and
+/// the next piece of work gets a new fiber), so one stack per slot would
+/// let one guest's request take the stacks of its shard's other slots.
+/// componentize-py's guests use one; a bound, reserved as address space.
+const STACKS_PER_SLOT_CONCURRENT: u32 = 4;
+
+fn stacks_per_slot(engine_options: EngineOptions) -> u32 {
+    match engine_options.concurrency {
+        true => STACKS_PER_SLOT_CONCURRENT,
+        false => 1,
+    }
+}
+
 /// The engine a child process runs requests with: pooling allocator sized by
 /// `pool` (unless `engine_options` says otherwise), epoch interruption on.
 pub fn runtime_engine(pool: &PoolSize, engine_options: EngineOptions) -> Result<Engine> {
@@ -145,8 +160,9 @@ pub fn runtime_engine(pool: &PoolSize, engine_options: EngineOptions) -> Result<
         .max_core_instances_per_component(core_instances)
         .max_memories_per_component(pool.memories_per_slot.max(1))
         .max_tables_per_component(pool.tables_per_slot.max(1))
-        // Guests run on fiber stacks (see `cgi/run.rs`): one per slot.
-        .total_stacks(pool.slots)
+        // Guests run on fiber stacks (see `cgi/run.rs`): one per slot, more
+        // with concurrency (below).
+        .total_stacks(pool.slots * stacks_per_slot(engine_options))
         .max_memories_per_module(pool.max_memories_per_module)
         .max_tables_per_module(pool.max_tables_per_module)
         .table_elements(pool.table_elements)

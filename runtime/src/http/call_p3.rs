@@ -66,6 +66,8 @@ pub(super) async fn call(
         },
     };
     let (parts, body) = request.into_parts();
+    // Whether the whole response went out, whatever happens after.
+    let delivered_whole = std::cell::Cell::new(false);
     let ran = store
         .run_concurrent(async |acc| -> wasmtime::Result<(Sent, bool)> {
             // Forbidden fields (`host` among them: the authority says it)
@@ -104,6 +106,7 @@ pub(super) async fn call(
             };
             let sent = sink.send(response.map(|b| Watched::new(b, acc))).await;
             let complete = matches!(sent, Sent::Complete);
+            delivered_whole.set(complete);
             let _ = done.send(match complete {
                 true => Ok(()),
                 false => Err(wasmtime_wasi_http::Error::ConnectionTerminated),
@@ -114,6 +117,9 @@ pub(super) async fn call(
         .await;
     let (run, sent, reusable) = match ran.and_then(|r| r) {
         Ok((sent, idle)) => (Ok(()), sent, idle.then_some(Bindings::P3(service))),
+        // A task that failed while the instance settled, after its response
+        // had gone out whole: the request succeeded; the instance goes.
+        Err(_) if delivered_whole.get() => (Ok(()), Sent::Complete, None),
         Err(e) => (Err(e), Sent::NotSet, None),
     };
     Ok(Called {

@@ -111,7 +111,11 @@ fn handler_pre(linker: &Linker<HttpHost>, component: &Component, name: &str) -> 
 /// settings from every configured module before it compiles any.
 pub fn needs_concurrency(wasm: &[u8]) -> bool {
     use wasmtime::wasmparser::{Parser, Payload};
-    let prefix = HANDLER_P3.trim_end_matches(".0");
+    // 0.3.x, as Wasmtime finds the export: never a pre-release.
+    let is_p3 = |name: &str| {
+        name.strip_prefix("wasi:http/handler@0.3.")
+            .is_some_and(|patch| !patch.is_empty() && patch.bytes().all(|b| b.is_ascii_digit()))
+    };
     // Each module and component, nested ones too, starts with its version
     // and ends with its end.
     let mut depth = 0usize;
@@ -120,11 +124,7 @@ pub fn needs_concurrency(wasm: &[u8]) -> bool {
             Ok(Payload::Version { .. }) => depth += 1,
             Ok(Payload::End(_)) => depth = depth.saturating_sub(1),
             Ok(Payload::ComponentExportSection(exports)) if depth == 1 => {
-                if exports
-                    .into_iter()
-                    .flatten()
-                    .any(|e| e.name.name.starts_with(prefix))
-                {
+                if exports.into_iter().flatten().any(|e| is_p3(e.name.name)) {
                     return true;
                 }
             }
