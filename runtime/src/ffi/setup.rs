@@ -80,10 +80,7 @@ pub unsafe extern "C" fn wasm_rt_precompile(
         let cache = unsafe { c_path(o.cache_dir, "cache_dir") }?;
         let options = Options {
             trap_unknown_imports: o.trap_unknown_imports != 0,
-            engine: EngineOptions {
-                concurrency: o.concurrency != 0,
-                ..EngineOptions::default()
-            },
+            engine: engine_options(o.concurrency),
         };
         let compiled = precompile_forked(&wasm, &cache, &options)?;
         let path = CString::new(compiled.cwasm.path.as_os_str().as_bytes())
@@ -107,6 +104,15 @@ pub unsafe extern "C" fn wasm_rt_precompile(
         Ok(())
     });
     unsafe { report(r, error) }
+}
+
+/// Production engines, with the component model's concurrency if the C
+/// side's `concurrency` says so: compiling and running must agree.
+fn engine_options(concurrency: i32) -> EngineOptions {
+    EngineOptions {
+        concurrency: concurrency != 0,
+        ..EngineOptions::default()
+    }
 }
 
 /// Whether the module at `wasm_path` needs engines with the component
@@ -229,10 +235,7 @@ unsafe fn from_c(
         .collect::<Result<Vec<_>>>()?;
     let options = RuntimeOptions {
         shards: (o.shards != 0).then_some(o.shards),
-        engine: EngineOptions {
-            concurrency: o.concurrency != 0,
-            ..EngineOptions::default()
-        },
+        engine: engine_options(o.concurrency),
         ..RuntimeOptions::with_slots(o.slots)
     };
     Ok((specs, options))

@@ -18,7 +18,7 @@ use wasmtime_wasi_http::WasiHttpView;
 use super::body::IncomingBody;
 use super::component::Bindings;
 use super::host::HttpHost;
-use super::send::{Sent, Sink};
+use super::send::{within_turns, Sent, Sink};
 use super::Called;
 use crate::error::{chain, Code, Error, Result};
 
@@ -113,12 +113,6 @@ async fn drive<G: std::future::Future>(
     if let Some(s) = sent {
         return (out, s);
     }
-    for _ in 0..DRAIN_POLLS {
-        if let Poll::Ready(s) = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await
-        {
-            return (out, s);
-        }
-        tokio::task::yield_now().await;
-    }
-    (out, Sent::Unfinished)
+    let sent = within_turns(DRAIN_POLLS, |cx| send.as_mut().poll(cx)).await;
+    (out, sent.unwrap_or(Sent::Unfinished))
 }

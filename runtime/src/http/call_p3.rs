@@ -26,7 +26,7 @@ use wasmtime_wasi_http::{FieldMap, WasiHttpView};
 use super::body::IncomingBody;
 use super::component::Bindings;
 use super::host::HttpHost;
-use super::send::{Sent, Sink};
+use super::send::{within_turns, Sent, Sink};
 use super::Called;
 use crate::error::{chain, Result};
 
@@ -133,15 +133,9 @@ pub(super) async fn call(
 /// Whether the guest's tasks all end within [`SETTLE_POLLS`] turns of the
 /// store's loop.
 async fn settled(acc: &Accessor<HttpHost>) -> bool {
-    for _ in 0..SETTLE_POLLS {
-        let idle =
-            std::future::poll_fn(|cx| Poll::Ready(acc.poll_no_interesting_tasks(cx).is_ready()));
-        if idle.await {
-            return true;
-        }
-        tokio::task::yield_now().await;
-    }
-    false
+    within_turns(SETTLE_POLLS, |cx| acc.poll_no_interesting_tasks(cx))
+        .await
+        .is_some()
 }
 
 /// A response body whose guest may stop writing it for good: once none of

@@ -4,6 +4,7 @@
 //! for both versions of `wasi:http` (`call_p2.rs`, `call_p3.rs`).
 
 use std::cell::Cell;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -180,4 +181,21 @@ pub(super) fn sent_result(name: &str, sent: Sent, limits: &Limits) -> Result<()>
             "the guest returned without setting its response or finishing its body".into(),
         ),
     }
+}
+
+/// `poll`'s value if it is ready within `turns` polls, yielding to the
+/// executor (and so to the store's loop or the guest's future) after each
+/// one that was not: for what should follow shortly from work the guest
+/// already did, and otherwise never will.
+pub(super) async fn within_turns<T>(
+    turns: usize,
+    mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
+) -> Option<T> {
+    for _ in 0..turns {
+        if let Poll::Ready(v) = std::future::poll_fn(|cx| Poll::Ready(poll(cx))).await {
+            return Some(v);
+        }
+        tokio::task::yield_now().await;
+    }
+    None
 }
