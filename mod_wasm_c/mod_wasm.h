@@ -99,6 +99,9 @@ typedef struct {
     int instance_reuse;         /* WasmInstanceReuse, 0: unset (1) */
     int trap_unknown;           /* WasmTrapUnknownImports, -1: unset */
     int script_arg;             /* WasmScriptArg, -1: unset */
+    apr_array_header_t *allow_outbound; /* WasmAllowOutbound patterns, of
+                                 * const char *, or just "none"; NULL:
+                                 * unset (nowhere) */
 } wasm_dir_conf;
 
 /* Configuration-pass state, allocated from pconf and reset in pre_config:
@@ -148,6 +151,8 @@ void *wasm_merge_dir_conf(apr_pool_t *p, void *basev, void *addv);
 /* Once every directive is read: one wasm_modules record per distinct
  * (path, WasmTrapUnknownImports) of wasm_uses, and each use's index. */
 void wasm_modules_resolve(void);
+/* Whether WasmAllowOutbound's patterns are just "none". */
+int wasm_outbound_is_none(const apr_array_header_t *patterns);
 
 /* wasm_env.c: fill `req` for the guest of `conf` (argv: OK or a status). */
 void wasm_split_location(request_rec *r, const char *location);
@@ -164,6 +169,9 @@ int32_t wasm_send_head_cb(void *data, int32_t status,
                           const wasm_rt_field *headers, size_t n);
 int32_t wasm_send_trailers_cb(void *data, const wasm_rt_field *fields,
                               size_t n);
+void wasm_http_log_notes(request_rec *r, const wasm_dir_conf *conf,
+                         const char *module_path,
+                         const wasm_rt_response *resp);
 
 /* wasm_cgi.c */
 int wasm_handler(request_rec *r);

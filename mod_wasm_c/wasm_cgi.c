@@ -654,6 +654,7 @@ int wasm_handler(request_rec *r)
     apr_pool_cleanup_register(r->pool, resp, wasm_response_cleanup,
                               apr_pool_cleanup_null);
     wasm_log_stderr(r, resp, module_path);
+    wasm_http_log_notes(r, conf, module_path, resp);
     return wasm_finish_response(io, resp);
 }
 

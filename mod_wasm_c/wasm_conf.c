@@ -70,6 +70,10 @@ void *wasm_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
         conf->location = base->location;
     }
     conf->args = add->args ? add->args : base->args;
+    /* A section's patterns replace those it inherits, as WasmArg's do:
+     * what a section may reach is what it says. */
+    conf->allow_outbound = add->allow_outbound ? add->allow_outbound
+                                               : base->allow_outbound;
     conf->env = apr_table_overlay(p, base->env, add->env);
     /* overlay keeps both values of a name set in both: keep the inner one. */
     apr_table_compress(conf->env, APR_OVERLAP_TABLES_SET);
@@ -210,6 +214,40 @@ static const char *wasm_cmd_arg(cmd_parms *cmd, void *dconf, const char *arg)
     }
     APR_ARRAY_PUSH(conf->args, const char *) = arg;
     return NULL;
+}
+
+/* WasmAllowOutbound: each pattern is checked here, so that configtest
+ * names the line of a bad one. "none" (kept as the only element) undoes
+ * what a section inherits. */
+static const char *wasm_cmd_allow_outbound(cmd_parms *cmd, void *dconf,
+                                           const char *arg)
+{
+    wasm_dir_conf *conf = dconf;
+    char *error = NULL;
+    const char *msg;
+    int none = !strcasecmp(arg, "none");
+
+    if (!conf->allow_outbound) {
+        conf->allow_outbound = apr_array_make(cmd->pool, 4,
+                                              sizeof(const char *));
+    }
+    else if (none || wasm_outbound_is_none(conf->allow_outbound)) {
+        return "WasmAllowOutbound: 'none' cannot go with patterns";
+    }
+    if (!none && wasm_rt_outbound_check(arg, &error) != WASM_RT_OK) {
+        msg = apr_psprintf(cmd->pool, "WasmAllowOutbound: %s",
+                           error ? error : "invalid pattern");
+        wasm_rt_string_free(error);
+        return msg;
+    }
+    APR_ARRAY_PUSH(conf->allow_outbound, const char *) = none ? "none" : arg;
+    return NULL;
+}
+
+int wasm_outbound_is_none(const apr_array_header_t *patterns)
+{
+    return patterns->nelts == 1
+           && !strcasecmp(APR_ARRAY_IDX(patterns, 0, const char *), "none");
 }
 
 static const char *wasm_cmd_env(cmd_parms *cmd, void *dconf,
@@ -441,6 +479,10 @@ const command_rec wasm_cmds[] = {
                  "WasmDir/WasmMapDir, as the last argument (interpreters)"),
     AP_INIT_ITERATE("WasmArg", wasm_cmd_arg, NULL, RSRC_CONF | ACCESS_CONF,
                     "arguments passed to the module after argv[0]"),
+    AP_INIT_ITERATE("WasmAllowOutbound", wasm_cmd_allow_outbound, NULL,
+                    RSRC_CONF | ACCESS_CONF,
+                    "where the module's outgoing HTTP requests may go: "
+                    "scheme://host[:port] patterns, or 'none'"),
     AP_INIT_TAKE2("WasmEnv", wasm_cmd_env, NULL, RSRC_CONF | ACCESS_CONF,
                   "an environment variable for the module: name and value"),
     AP_INIT_TAKE12("WasmDir", wasm_cmd_dir, NULL, RSRC_CONF | ACCESS_CONF,

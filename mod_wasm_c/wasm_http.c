@@ -90,6 +90,30 @@ void wasm_http_build(request_rec *r, const wasm_dir_conf *conf,
     req->env_names = names;
     req->env_values = values;
     req->envc = arr->nelts;
+
+    if (conf->allow_outbound && !wasm_outbound_is_none(conf->allow_outbound)) {
+        req->allow_outbound = (const char *const *)conf->allow_outbound->elts;
+        req->n_allow_outbound = conf->allow_outbound->nelts;
+    }
+}
+
+/* What the runtime says about the request besides its result (each
+ * outgoing request it refused, with its target but not its path), a
+ * warning per line, naming where the module is configured. */
+void wasm_http_log_notes(request_rec *r, const wasm_dir_conf *conf,
+                         const char *module_path,
+                         const wasm_rt_response *resp)
+{
+    const char *p = resp->notes, *nl;
+
+    while (p && *p) {
+        nl = strchr(p, '\n');
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, WASMLOGNO(00069)
+                      "%s at %s: %.*s", module_path,
+                      conf->location ? conf->location : r->uri,
+                      (int)(nl ? nl - p : (long)strlen(p)), p);
+        p = nl ? nl + 1 : NULL;
+    }
 }
 
 /* wasm_rt_io.send_head: the guest's status and headers become the

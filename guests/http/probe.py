@@ -4,10 +4,11 @@ after its <Location> (the last path segment)."""
 import json
 import os
 import time
+import urllib.parse
 
 from componentize_py_types import Err, Ok
 from wit_world import exports
-from wit_world.imports import types
+from wit_world.imports import outgoing_handler, types
 from wit_world.imports.types import (
     Fields,
     IncomingRequest,
@@ -65,6 +66,38 @@ def respond(response_out, parts, status=200, ctype=b"text/plain", pause=0.0, the
         if then:
             then()
     OutgoingBody.finish(body, trailers)
+
+
+def fetch(url):
+    """GETs `url` through wasi:http/outgoing-handler: "STATUS BODY", or
+    "error NAME" with the wasi:http error-code's name."""
+    parts = urllib.parse.urlsplit(url)
+    req = types.OutgoingRequest(Fields())
+    req.set_scheme(types.Scheme_Https() if parts.scheme == "https" else types.Scheme_Http())
+    req.set_authority(parts.netloc)
+    req.set_path_with_query((parts.path or "/") + ("?" + parts.query if parts.query else ""))
+    try:
+        future = outgoing_handler.handle(req, None)
+    except Err as e:
+        return b"error " + type(e.value).__name__.encode()
+    future.subscribe().block()
+    result = future.get()
+    # option<result<result<incoming-response, error-code>>>
+    while isinstance(result, (Ok, Err)):
+        if isinstance(result, Err):
+            return b"error " + type(result.value).__name__.encode()
+        result = result.value
+    resp = result
+    status = resp.status()
+    body = resp.consume()
+    chunks = []
+    with body.stream() as stream:
+        while True:
+            try:
+                chunks.append(stream.blocking_read(65536))
+            except Err:
+                break
+    return str(status).encode() + b" " + b"".join(chunks)
 
 
 def fail():
@@ -126,6 +159,9 @@ class IncomingHandler(exports.IncomingHandler):
             out = body.write()
             out.blocking_write_and_flush(b"partial")
             left_open.append((body, out))
+        elif action == "fetch":
+            # fetch?URL (percent-encoded): the outgoing request's outcome.
+            respond(response_out, [fetch(urllib.parse.unquote(query))])
         elif action == "spin":
             while True:
                 pass

@@ -129,6 +129,9 @@ typedef struct wasm_rt_request {
     const char *reuse_scope;        /* instances are reused only among
                                      * requests of one scope (the virtual
                                      * host and section); NULL: "" */
+    const char *const *allow_outbound;  /* WasmAllowOutbound patterns: where
+                                     * the guest's outgoing requests may go */
+    size_t n_allow_outbound;        /* 0: nowhere */
 } wasm_rt_request;
 
 /* The result of one request, owned by the runtime until wasm_rt_response_free. */
@@ -144,6 +147,10 @@ typedef struct wasm_rt_response {
     const unsigned char *err;       /* the guest's stderr */
     size_t err_len;
     const char *message;            /* what went wrong; "" on success; never NULL */
+    const char *notes;              /* lines for the error log besides stderr
+                                     * (a refused outgoing request, the
+                                     * target without its path); "" when
+                                     * none; never NULL */
 } wasm_rt_response;
 
 /* The runtime's version, e.g. "0.1.0 (wasmtime 48.0.8)". Static storage. */
@@ -155,7 +162,7 @@ const char *wasm_rt_version(void);
  * whose wasm_rt_abi_version() differs from the WASM_RT_ABI_VERSION it was
  * compiled with (a mismatched pair would misread arguments, not fail).
  */
-#define WASM_RT_ABI_VERSION 6
+#define WASM_RT_ABI_VERSION 7
 uint32_t wasm_rt_abi_version(void);
 
 /*
@@ -241,6 +248,13 @@ int32_t wasm_rt_cache_prune(const char *cache_dir, const char *const *keep,
  * `*out` bytes. Fails for 0, garbage and overflow, with a message.
  */
 int32_t wasm_rt_parse_size(const char *text, uint64_t *out, char **error);
+
+/*
+ * Checks one WasmAllowOutbound pattern (scheme://host[:port], where the
+ * scheme may be *, the host * or *.domain, the port *); the error says
+ * what is wrong with it.
+ */
+int32_t wasm_rt_outbound_check(const char *pattern, char **error);
 
 /* One module a child loads (wasm_rt_runtime_options). */
 typedef struct wasm_rt_module_spec {

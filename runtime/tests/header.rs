@@ -67,7 +67,7 @@ fn abi_version_matches() {
 /// The interface when `WASM_RT_ABI_VERSION` was last decided: the version
 /// and the first 16 hex digits of the SHA-256 of the header without
 /// comments, whitespace collapsed.
-const DECIDED: (u32, &str) = (6, "925040bcc7438da8");
+const DECIDED: (u32, &str) = (7, "4f2cc67adf05f8c5");
 
 #[test]
 fn a_changed_interface_gets_a_decided_version() {
@@ -155,6 +155,10 @@ fn prototypes_match() {
             wasm_rt_run
                 as unsafe extern "C" fn(*const wasm_rt_runtime, usize, *const wasm_rt_request, *mut *mut wasm_rt_response) -> i32
                 as usize,
+        ),
+        (
+            "int32_t wasm_rt_outbound_check(const char *pattern, char **error);",
+            wasm_rt_outbound_check as unsafe extern "C" fn(*const c_char, *mut *mut c_char) -> i32 as usize,
         ),
         ("void wasm_rt_response_free(wasm_rt_response *resp);", wasm_rt_response_free as unsafe extern "C" fn(*mut wasm_rt_response) as usize),
     ];
@@ -304,6 +308,8 @@ const FIELDS: &[(&str, &[&str])] = &[
             "nheaders",
             "instance_reuse",
             "reuse_scope",
+            "allow_outbound",
+            "n_allow_outbound",
         ],
     ),
     (
@@ -320,6 +326,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "err",
             "err_len",
             "message",
+            "notes",
         ],
     ),
 ];
@@ -413,7 +420,9 @@ fn struct_layouts_match() {
         headers,
         nheaders,
         instance_reuse,
-        reuse_scope
+        reuse_scope,
+        allow_outbound,
+        n_allow_outbound
     );
     rust_layout!(
         rust,
@@ -428,7 +437,8 @@ fn struct_layouts_match() {
         streamed,
         err,
         err_len,
-        message
+        message,
+        notes
     );
     assert_eq!(c_layout(), rust);
 }

@@ -53,6 +53,8 @@ pub struct Options {
     pub log_level: String,
     /// The mod_wasm.so to load; `None` for `build/mod_wasm.so`.
     pub module: Option<PathBuf>,
+    /// Environment variables for `httpd` (its children inherit them).
+    pub env: Vec<(String, String)>,
 }
 
 impl Options {
@@ -64,12 +66,19 @@ impl Options {
             cache_dir: None,
             log_level: "info".into(),
             module: None,
+            env: Vec::new(),
         }
     }
 
     /// Same, under `mpm`.
     pub fn mpm(mut self, mpm: Mpm) -> Self {
         self.mpm = mpm;
+        self
+    }
+
+    /// Same, with `name=value` in the server's environment.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.into(), value.into()));
         self
     }
 
@@ -221,6 +230,7 @@ impl Apache {
                 // `cargo test` points LD_LIBRARY_PATH at target/: the module
                 // must find its runtime through its own rpath, as in production.
                 .env_remove("LD_LIBRARY_PATH")
+                .envs(opts.env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
                 .stdout(fs::File::create(dir.join("stdout.log")).unwrap())
                 .stderr(fs::File::create(dir.join("stderr.log")).unwrap())
@@ -348,6 +358,20 @@ impl Apache {
             .filter(|l| l.contains(needle))
             .map(str::to_string)
             .collect()
+    }
+
+    /// Lines of the error log that contain `needle`, once there are at
+    /// least `n` of them or 5 s have passed: what a component's request
+    /// logs after its response went out.
+    pub fn wait_log_lines(&self, needle: &str, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let lines = self.log_lines(needle);
+            if lines.len() >= n || Instant::now() > deadline {
+                return lines;
+            }
+            sleep(Duration::from_millis(20));
+        }
     }
 
     /// Stops the server and waits for it (also done on drop).

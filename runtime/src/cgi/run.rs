@@ -42,6 +42,9 @@ pub struct Outcome {
     pub stderr: Bytes,
     /// True when stderr was cut at [`MAX_STDERR`].
     pub stderr_truncated: bool,
+    /// What the server has to say about the request besides its result,
+    /// for the error log (a component's refused outgoing requests).
+    pub notes: Vec<String>,
 }
 
 impl Runtime {
@@ -187,6 +190,7 @@ impl Runtime {
             streamed: stdout.sent(),
             stderr,
             stderr_truncated,
+            notes: Vec::new(),
         }
     }
 
@@ -217,6 +221,7 @@ impl Outcome {
             streamed: 0,
             stderr: Bytes::new(),
             stderr_truncated: false,
+            notes: Vec::new(),
         }
     }
 }

@@ -62,6 +62,12 @@ pub(super) unsafe fn request_from_c<'a>(req: &'a wasm_rt_request) -> Result<Requ
             true => Cow::Borrowed(""),
             false => text(req.reuse_scope, "reuse_scope")?,
         },
+        allow_outbound: unsafe {
+            c_array(req.allow_outbound, req.n_allow_outbound, "allow_outbound")
+        }?
+        .iter()
+        .map(|&p| text(p, "an allow_outbound pattern"))
+        .collect::<Result<_>>()?,
         reuse: match req.instance_reuse {
             0 => crate::limits::DEFAULT_INSTANCE_REUSE,
             n => n,

@@ -133,7 +133,7 @@ pub extern "C" fn wasm_rt_version() -> *const c_char {
 
 /// The version of the C interface (`WASM_RT_ABI_VERSION` in the header):
 /// bump it with any change to a prototype or a `#[repr(C)]` struct.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// The version of the C interface this library implements.
 #[no_mangle]
@@ -185,6 +185,24 @@ pub unsafe extern "C" fn wasm_rt_defaults_get(out: *mut wasm_rt_defaults) {
 pub unsafe extern "C" fn wasm_rt_string_free(s: *mut c_char) {
     // SAFETY: as the caller promises, `s` came from `CString::into_raw`.
     unsafe { release("wasm_rt_string_free", s, |s| drop(CString::from_raw(s))) }
+}
+
+/// Checks one `WasmAllowOutbound` pattern.
+///
+/// # Safety
+/// Pointers are NULL or valid as the header describes.
+#[no_mangle]
+pub unsafe extern "C" fn wasm_rt_outbound_check(
+    pattern: *const c_char,
+    error: *mut *mut c_char,
+) -> i32 {
+    let r = guard("wasm_rt_outbound_check", || {
+        let p = unsafe { c_text(pattern, "pattern") }?;
+        crate::http::outbound::Pattern::parse(&p)
+            .map(|_| ())
+            .map_err(|e| Error::new(Code::InvalidArgument, e))
+    });
+    unsafe { report(r, error) }
 }
 
 /// Parses a size directive value ("64M").

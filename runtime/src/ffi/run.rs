@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::{c_array, c_bytes, c_message, c_path, c_text, release, wasm_rt_runtime};
 use crate::body::{Body, BodyReader};
-use crate::cgi::{EnvVar, Preopen};
+use crate::cgi::{EnvVar, Outcome, Preopen};
 use crate::error::{Code, Error, Result};
 use crate::executor::Kind;
 use crate::limits::Limits;
@@ -73,6 +73,10 @@ pub struct wasm_rt_request {
     pub instance_reuse: u32,
     /// Where instances may be reused (components); NULL: everywhere.
     pub reuse_scope: *const c_char,
+    /// `WasmAllowOutbound` patterns (components).
+    pub allow_outbound: *const *const c_char,
+    /// Number of patterns.
+    pub n_allow_outbound: usize,
 }
 
 /// See `wasm_rt_field` in the header.
@@ -223,6 +227,8 @@ pub struct wasm_rt_response {
     pub err_len: usize,
     /// NUL-terminated message, never NULL.
     pub message: *const c_char,
+    /// Lines for the error log besides stderr; "" when none.
+    pub notes: *const c_char,
 }
 
 /// A response and the buffers it points into; `c` must stay first so a
@@ -234,6 +240,7 @@ struct ResponseBox {
     _stdout: Output,
     _stderr: Bytes,
     _message: CString,
+    _notes: CString,
 }
 
 /// What every kind of request takes from the C request: body, output,
@@ -316,18 +323,21 @@ pub(super) unsafe fn common_from_c<'a>(req: &'a wasm_rt_request) -> Result<Commo
     })
 }
 
-fn response(
-    result: Result<()>,
-    exit_code: i32,
-    stdout: Output,
-    streamed: usize,
-    stderr: Bytes,
-    stderr_truncated: bool,
-) -> Box<ResponseBox> {
+fn response(outcome: Outcome) -> Box<ResponseBox> {
+    let Outcome {
+        result,
+        exit_code,
+        stdout,
+        streamed,
+        stderr,
+        stderr_truncated,
+        notes,
+    } = outcome;
     let (code, message) = match result {
         Ok(()) => (Code::Ok, CString::default()),
         Err(e) => (e.code, c_message(&e.message)),
     };
+    let notes = c_message(&notes.join("\n"));
     // The chunks point into `stdout`'s buffers, which do not move when the
     // `Output` itself is moved into the box.
     let chunks: Vec<wasm_rt_chunk> = stdout
@@ -351,11 +361,13 @@ fn response(
             err: stderr.as_ptr(),
             err_len: stderr.len(),
             message: message.as_ptr(),
+            notes: notes.as_ptr(),
         },
         _chunks: chunks,
         _stdout: stdout,
         _stderr: stderr,
         _message: message,
+        _notes: notes,
     })
 }
 
@@ -372,7 +384,7 @@ pub unsafe extern "C" fn wasm_rt_run(
     out: *mut *mut wasm_rt_response,
 ) -> i32 {
     let boxed = catch_unwind(AssertUnwindSafe(|| {
-        let failed = |e| response(Err(e), -1, Output::default(), 0, Bytes::new(), false);
+        let failed = |e| response(Outcome::failed(e));
         if rt.is_null() || req.is_null() {
             return failed(Error::new(
                 Code::InvalidArgument,
@@ -395,19 +407,12 @@ pub unsafe extern "C" fn wasm_rt_run(
         };
         match outcome {
             Err(e) => failed(e),
-            Ok(o) => response(
-                o.result,
-                o.exit_code,
-                o.stdout,
-                o.streamed,
-                o.stderr,
-                o.stderr_truncated,
-            ),
+            Ok(o) => response(o),
         }
     }))
     .unwrap_or_else(|p| {
         let e = super::panicked("wasm_rt_run", &*p);
-        response(Err(e), -1, Output::default(), 0, Bytes::new(), false)
+        response(Outcome::failed(e))
     });
     let code = boxed.c.code;
     if out.is_null() {

@@ -1,15 +1,29 @@
 //! What a component may import: WASI 0.2 and 0.3 (clocks, random, the CLI
 //! world's environment, arguments and stdio, the filesystem of its
-//! preopened directories) and `wasi:http`, whose outgoing requests are
-//! refused: a guest gets no network, as a CGI module gets none.
+//! preopened directories) and `wasi:http`, whose outgoing requests go only
+//! where `WasmAllowOutbound` allows (`outbound.rs`): by default a guest gets
+//! no network, as a CGI module gets none.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::Engine;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
+use wasmtime_wasi_http::{
+    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
+
+use super::client;
+use super::outbound::{self, Target};
 use crate::error::{chain, Code, Error, Result};
 use crate::limits::MemoryCap;
+
+/// Refused outgoing requests one request logs at most: a guest calling in a
+/// loop must not write a log line per call.
+const MAX_NOTES: usize = 8;
 
 /// The state of a component's store: one request's, or with
 /// `WasmInstanceReuse` several requests' in turn.
@@ -22,7 +36,8 @@ pub struct HttpHost {
     pub table: ResourceTable,
     /// `WasmMaxMemory` of its instance.
     pub(crate) limits: MemoryCap,
-    hooks: NoOutgoing,
+    /// Where its outgoing requests may go, for the request it serves.
+    pub(crate) outbound: Outbound,
 }
 
 impl HttpHost {
@@ -33,7 +48,7 @@ impl HttpHost {
             http: WasiHttpCtx::new(),
             table,
             limits,
-            hooks: NoOutgoing,
+            outbound: Outbound::default(),
         }
     }
 }
@@ -52,39 +67,98 @@ impl WasiHttpView for HttpHost {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: &mut self.hooks,
+            hooks: &mut self.outbound,
         }
     }
 }
 
-/// `wasi:http` hooks that refuse every outgoing request.
-struct NoOutgoing;
+/// `wasi:http` hooks: each outgoing request is checked against the
+/// section's `WasmAllowOutbound` patterns, then sent (`client.rs`) or
+/// refused with `HTTP-request-denied` and noted for the error log.
+#[derive(Default)]
+pub(crate) struct Outbound {
+    allowed: Vec<String>,
+    deadline: Option<Instant>,
+    notes: Notes,
+}
 
-impl WasiHttpHooks for NoOutgoing {
+impl Outbound {
+    /// The hooks for one request: its section's patterns, its deadline,
+    /// and where refusals are noted (outside the store, which a timeout
+    /// drops).
+    pub(crate) fn new(
+        allowed: &[std::borrow::Cow<'_, str>],
+        deadline: Instant,
+        notes: &Notes,
+    ) -> Outbound {
+        Outbound {
+            allowed: allowed.iter().map(|p| p.to_string()).collect(),
+            deadline: Some(deadline),
+            notes: notes.clone(),
+        }
+    }
+
+    fn refuse(&mut self, note: String) -> Box<dyn Future<Output = SendResult> + Send> {
+        self.notes.add(note);
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+/// What the error log should say about one request's outgoing requests:
+/// each one refused, up to [`MAX_NOTES`].
+#[derive(Default, Clone)]
+pub(crate) struct Notes(Arc<Mutex<(Vec<String>, usize)>>);
+
+impl Notes {
+    fn add(&self, note: String) {
+        let mut n = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match n.0.len() < MAX_NOTES {
+            true => n.0.push(note),
+            false => n.1 += 1,
+        }
+    }
+
+    /// The notes so far, with a line for those beyond [`MAX_NOTES`].
+    pub(crate) fn take(&self) -> Vec<String> {
+        let mut n = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut notes = std::mem::take(&mut n.0);
+        if n.1 > 0 {
+            notes.push(format!("{} more outgoing requests refused", n.1));
+            n.1 = 0;
+        }
+        notes
+    }
+}
+
+type SendResult = std::result::Result<client::Sent, wasmtime_wasi_http::Error>;
+
+impl WasiHttpHooks for Outbound {
     fn send_request(
         &mut self,
-        _request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<
-            dyn std::future::Future<Output = std::result::Result<(), wasmtime_wasi_http::Error>>
-                + Send,
-        >,
-    ) -> Box<
-        dyn std::future::Future<
-                Output = std::result::Result<
-                    (
-                        http::Response<wasmtime_wasi_http::WasiBody>,
-                        Box<
-                            dyn std::future::Future<
-                                    Output = std::result::Result<(), wasmtime_wasi_http::Error>,
-                                > + Send,
-                        >,
-                    ),
-                    wasmtime_wasi_http::Error,
-                >,
-            > + Send,
-    > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = std::result::Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        // Only the scheme, host and port are logged: a path or query may
+        // carry a token.
+        let target = match Target::of(request.uri()) {
+            Ok(t) => t,
+            Err(why) => return self.refuse(format!("an outgoing request was refused: {why}")),
+        };
+        if self.allowed.is_empty() {
+            return self.refuse(format!(
+                "outgoing request to {target} refused: no WasmAllowOutbound allows any here"
+            ));
+        }
+        if outbound::allowed(&self.allowed, &target).is_none() {
+            return self.refuse(format!(
+                "outgoing request to {target} refused: not allowed by WasmAllowOutbound {}",
+                self.allowed.join(" ")
+            ));
+        }
+        // (Hooks that serve no request allow nothing: never reached.)
+        let deadline = self.deadline.unwrap_or_else(Instant::now);
+        Box::new(client::send(target, request, options, deadline))
     }
 }
 

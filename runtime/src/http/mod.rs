@@ -8,13 +8,16 @@
 //! module is one, `component.rs` which version of the handler it exports),
 //! [`host`] what it may import, `body.rs` the request body as the guest
 //! sees it, `call_p2.rs` and `call_p3.rs` how each version is called,
-//! `send.rs` how the response goes out.
+//! `send.rs` how the response goes out, `outbound.rs` and `client.rs`
+//! where the guest's own requests may go and how they are sent.
 
 mod body;
 mod call_p2;
 mod call_p3;
+mod client;
 mod component;
 pub mod host;
+pub mod outbound;
 mod request;
 mod reuse;
 mod send;

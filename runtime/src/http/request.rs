@@ -56,4 +56,7 @@ pub struct Request<'a> {
     /// passes its virtual host and section: what one site's requests left
     /// in a guest never reaches another site's).
     pub reuse_scope: Cow<'a, str>,
+    /// `WasmAllowOutbound` patterns: where the guest's outgoing requests
+    /// may go (none: nowhere).
+    pub allow_outbound: Vec<Cow<'a, str>>,
 }

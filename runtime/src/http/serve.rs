@@ -17,7 +17,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 
 use super::body::IncomingBody;
 use super::component::{Bindings, Handler};
-use super::host::HttpHost;
+use super::host::{HttpHost, Notes, Outbound};
 use super::request::Request;
 use super::reuse::{Kept, ReuseKey};
 use super::send::{sent_result, Sink};
@@ -80,6 +80,8 @@ impl Runtime {
             None => None,
         };
         self.arm_deadline(&mut store, limits.timeout);
+        let notes = Notes::default();
+        store.data_mut().outbound = Outbound::new(&req.allow_outbound, deadline, &notes);
 
         let (body, revoke) = IncomingBody::new(req.body, deadline);
         let request = request.map(|()| body);
@@ -142,6 +144,7 @@ impl Runtime {
             streamed: sent_bytes.get(),
             stderr: stderr.to_bytes(),
             stderr_truncated,
+            notes: notes.take(),
         }
     }
 }
