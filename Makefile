@@ -27,10 +27,15 @@ PY_COMPONENTS := $(patsubst guests/http/%.py,$(BUILD)/components/%-py.wasm,$(wil
 PY3_COMPONENTS := $(patsubst guests/http/p3/%.py,$(BUILD)/components/%-py3.wasm,$(wildcard guests/http/p3/*.py))
 JS_COMPONENTS := $(patsubst guests/http/js/%.js,$(BUILD)/components/%-js.wasm,$(wildcard guests/http/js/*.js))
 C_COMPONENTS  := $(patsubst guests/http/c/%.c,$(BUILD)/components/%-c.wasm,$(filter-out %/response.c,$(wildcard guests/http/c/*.c)))
+# Applications built with the commands users run: WSGI (Flask) apps with
+# scripts/build-wsgi, JavaScript fetch-event apps with scripts/build-js.
+APPS          := $(BUILD)/components/flask-demo.wasm $(BUILD)/components/wsgi-probe.wasm $(BUILD)/components/js-demo.wasm
+WSGI_REQS     := examples/flask/requirements.txt
+WSGI_DEPS     := python/mod_wasm_wsgi.py scripts/build-wsgi scripts/toolchain.sh $(WSGI_REQS) Cargo.lock
 
 .PHONY: all deps run stop test unit e2e install clean fmt lint bench
 
-all: $(BUILD)/mod_wasm.so $(GUESTS) $(INTERP) $(PY_COMPONENTS) $(PY3_COMPONENTS) $(C_COMPONENTS) $(JS_COMPONENTS)
+all: $(BUILD)/mod_wasm.so $(GUESTS) $(INTERP) $(PY_COMPONENTS) $(PY3_COMPONENTS) $(C_COMPONENTS) $(JS_COMPONENTS) $(APPS)
 
 # Interpreters come from PyPI, pinned and checksummed (never committed).
 $(INTERP): scripts/fetch-interpreters
@@ -58,17 +63,26 @@ $(BUILD)/mod_wasm.so: $(SHIM_SRC) mod_wasm_c/mod_wasm.h runtime/include/wasm_run
 	    -L../$(BUILD) -lwasm_runtime '-Wl,-rpath,\$$ORIGIN' >/dev/null
 	install -m 644 mod_wasm_c/.libs/mod_wasm.so $@
 
-$(BUILD)/components/%-py.wasm: guests/http/%.py scripts/build-components Cargo.lock
+$(BUILD)/components/%-py.wasm: guests/http/%.py scripts/build-components scripts/toolchain.sh Cargo.lock
 	scripts/build-components $*-py
 
-$(BUILD)/components/%-py3.wasm: guests/http/p3/%.py scripts/build-components Cargo.lock
+$(BUILD)/components/%-py3.wasm: guests/http/p3/%.py scripts/build-components scripts/toolchain.sh Cargo.lock
 	scripts/build-components $*-py3
 
-$(BUILD)/components/%-js.wasm: guests/http/js/%.js guests/http/js/package-lock.json scripts/build-components Cargo.lock
+$(BUILD)/components/%-js.wasm: guests/http/js/%.js guests/http/js/package-lock.json scripts/build-components scripts/toolchain.sh Cargo.lock
 	scripts/build-components $*-js
 
-$(BUILD)/components/%-c.wasm: guests/http/c/%.c guests/http/c/response.c guests/http/c/response.h scripts/build-components Cargo.lock
+$(BUILD)/components/%-c.wasm: guests/http/c/%.c guests/http/c/response.c guests/http/c/response.h scripts/build-components scripts/toolchain.sh Cargo.lock
 	scripts/build-components $*-c
+
+$(BUILD)/components/flask-demo.wasm: examples/flask/app.py $(WSGI_DEPS)
+	scripts/build-wsgi app:app -s examples/flask -r $(WSGI_REQS) -o $@
+
+$(BUILD)/components/wsgi-probe.wasm: guests/wsgi/probe_app.py $(WSGI_DEPS)
+	scripts/build-wsgi probe_app:app -s guests/wsgi -r $(WSGI_REQS) -o $@
+
+$(BUILD)/components/js-demo.wasm: examples/js/app.js scripts/build-js scripts/toolchain.sh guests/http/js/package-lock.json
+	scripts/build-js examples/js/app.js -o $@
 
 $(BUILD)/guests/%.wasm: guests/%.c
 	@mkdir -p $(dir $@)

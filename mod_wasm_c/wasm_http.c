@@ -130,6 +130,11 @@ int32_t wasm_send_head_cb(void *data, int32_t status,
         return -1;
     }
     r->status = status;
+    /* A status Apache has no reason phrase for (418, 299) would go out as
+     * "500 Internal Server Error": a bare code is a valid status line. */
+    if (strncmp(ap_get_status_line(status), apr_itoa(r->pool, status), 3)) {
+        r->status_line = apr_itoa(r->pool, status);
+    }
     for (i = 0; i < n; i++) {
         const char *name = apr_pstrmemdup(r->pool, (const char *)headers[i].name,
                                           headers[i].name_len);

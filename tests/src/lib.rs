@@ -8,6 +8,7 @@
 pub mod apache;
 pub mod http;
 pub mod status;
+pub mod upstream;
 
 use std::path::PathBuf;
 

@@ -3,16 +3,14 @@
 //! it does (to upstreams on 127.0.0.1 that the tests start), bounded by
 //! `WasmTimeout`, and over https verified against the CA store.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use e2e::apache::{configtest, scratch_dir, Apache, Options};
 use e2e::http::get;
+use e2e::upstream::{silent, Upstream};
 
 fn probe_at(path: &str, extra: &str) -> String {
     format!(
@@ -34,53 +32,9 @@ fn fetch(base: &str, url: &str) -> String {
     format!("{base}/fetch?{q}")
 }
 
-/// An HTTP upstream on 127.0.0.1: answers every request with `body`, and
-/// keeps the request heads it saw.
-struct Upstream {
-    port: u16,
-    seen: Arc<Mutex<Vec<String>>>,
-}
-
-fn upstream(body: &'static str) -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    // The thread ends with the test process.
-    thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut head = String::new();
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                head.push_str(&line);
-            }
-            log.lock().unwrap().push(head);
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    Upstream { port, seen }
-}
-
-/// A port that accepts connections and never answers (kept open as long
-/// as the listener lives).
-fn silent_upstream() -> (TcpListener, u16) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    (l, port)
-}
-
 /// A port nothing listens on.
 fn closed_port() -> u16 {
-    let (l, port) = silent_upstream();
+    let (l, port) = silent();
     drop(l);
     port
 }
@@ -92,14 +46,14 @@ fn refusals(s: &Apache, n: usize) -> Vec<String> {
 
 #[test]
 fn an_allowed_host_is_reached_and_sees_the_guest_s_request() {
-    let up = upstream("hello from upstream");
+    let up = Upstream::start("hello from upstream");
     let allow = format!("  WasmAllowOutbound http://127.0.0.1:{}\n", up.port);
     let s = Apache::start(&probe_at("/x", &allow));
     let url = format!("http://127.0.0.1:{}/api/v1?token=secret", up.port);
     let r = get(s.port, &fetch("/x", &url));
     assert_eq!(r.status, 200, "{}", s.error_log());
     assert_eq!(r.text(), "200 hello from upstream", "{}", s.error_log());
-    let seen = up.seen.lock().unwrap().clone();
+    let seen = up.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert!(
         seen[0].starts_with("GET /api/v1?token=secret HTTP/1.1\r\n"),
@@ -112,13 +66,13 @@ fn an_allowed_host_is_reached_and_sees_the_guest_s_request() {
 
 #[test]
 fn nothing_is_allowed_by_default_and_a_refusal_is_logged_without_the_path() {
-    let up = upstream("never");
+    let up = Upstream::start("never");
     let s = Apache::start(&probe_at("/x", ""));
     let url = format!("http://127.0.0.1:{}/api?token=secret", up.port);
     let r = get(s.port, &fetch("/x", &url));
     assert_eq!(r.status, 200, "{}", s.error_log());
     assert_eq!(r.text(), "error ErrorCode_HttpRequestDenied");
-    assert!(up.seen.lock().unwrap().is_empty());
+    assert!(up.seen().is_empty());
     let lines = refusals(&s, 1);
     assert_eq!(lines.len(), 1, "{}", s.error_log());
     let target = format!("http://127.0.0.1:{}", up.port);
@@ -136,8 +90,8 @@ fn nothing_is_allowed_by_default_and_a_refusal_is_logged_without_the_path() {
 
 #[test]
 fn a_host_or_port_the_patterns_do_not_name_is_refused() {
-    let up = upstream("allowed");
-    let other = upstream("not allowed");
+    let up = Upstream::start("allowed");
+    let other = Upstream::start("not allowed");
     let allow = format!(
         "  WasmAllowOutbound http://127.0.0.1:{} https://*.example.com\n",
         up.port
@@ -172,7 +126,7 @@ fn a_host_or_port_the_patterns_do_not_name_is_refused() {
         "{}",
         s.error_log()
     );
-    assert!(other.seen.lock().unwrap().is_empty());
+    assert!(other.seen().is_empty());
     let lines = refusals(&s, 3);
     assert_eq!(lines.len(), 3, "{}", s.error_log());
     assert!(
@@ -196,7 +150,7 @@ fn a_host_or_port_the_patterns_do_not_name_is_refused() {
 
 #[test]
 fn a_wildcard_pattern_allows_any_host_or_subdomain_it_covers() {
-    let up = upstream("any host");
+    let up = Upstream::start("any host");
     let allow = format!(
         "  WasmAllowOutbound http://*:{} http://*.localhost\n",
         up.port
@@ -225,7 +179,7 @@ fn a_wildcard_pattern_allows_any_host_or_subdomain_it_covers() {
 
 #[test]
 fn a_section_s_patterns_replace_those_it_inherits_and_none_allows_nothing() {
-    let up = upstream("outer");
+    let up = Upstream::start("outer");
     let allow = format!("  WasmAllowOutbound http://127.0.0.1:{}\n", up.port);
     let site = probe_at("/x", &allow)
         + "<Location /x/closed>\n  WasmAllowOutbound none\n</Location>\n"
@@ -237,7 +191,7 @@ fn a_section_s_patterns_replace_those_it_inherits_and_none_allows_nothing() {
         let r = get(s.port, &fetch(base, &url));
         assert_eq!(r.text(), "error ErrorCode_HttpRequestDenied", "{base}");
     }
-    assert_eq!(up.seen.lock().unwrap().len(), 1);
+    assert_eq!(up.seen().len(), 1);
 }
 
 #[test]
@@ -253,7 +207,7 @@ fn a_connection_refused_upstream_is_the_guest_s_error_not_a_refusal() {
 
 #[test]
 fn an_upstream_that_never_answers_is_cut_by_wasm_timeout() {
-    let (_listener, port) = silent_upstream();
+    let (_listener, port) = silent();
     let allow = format!("  WasmAllowOutbound http://127.0.0.1:{port}\n  WasmTimeout 2\n");
     let s = Apache::start(&probe_at("/x", &allow));
     let started = Instant::now();
@@ -448,7 +402,7 @@ fn https_is_verified_against_the_ca_store() {
 fn the_upstream_s_body_is_read_whole() {
     // 300 KB, several reads of the guest's 64 KiB.
     let body: &'static str = Box::leak("0123456789".repeat(30_000).into_boxed_str());
-    let up = upstream(body);
+    let up = Upstream::start(body);
     let allow = format!("  WasmAllowOutbound http://127.0.0.1:{}\n", up.port);
     let s = Apache::start(&probe_at("/x", &allow));
     let r = get(
