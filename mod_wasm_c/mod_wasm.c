@@ -30,6 +30,7 @@ static int wasm_pre_config(apr_pool_t *pconf, apr_pool_t *plog,
     wasm_cache_dir = NULL;
     wasm_pool_slots = 0;
     wasm_pool_shards = 0;
+    wasm_pool_keep_resident = 0;
     /* The runtime holds every default (wasm_runtime.h). */
     {
         wasm_rt_defaults d;
@@ -93,6 +94,7 @@ static void wasm_runtime_options(apr_pool_t *p, wasm_rt_runtime_options *o)
     o->slots = (uint32_t)wasm_child_slots();
     o->shards = (uint32_t)wasm_pool_shards;
     o->concurrency = wasm_concurrency;
+    o->keep_resident = wasm_pool_keep_resident;
 }
 
 /* `startup`: before the error log is open (APLOG_STARTUP, to stderr). */

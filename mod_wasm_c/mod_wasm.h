@@ -113,6 +113,8 @@ extern apr_array_header_t *wasm_modules;   /* of wasm_module_rec, built by
 extern const char *wasm_cache_dir;
 extern int wasm_pool_slots;     /* WasmPoolSlots, 0: ThreadsPerChild + 1 */
 extern int wasm_pool_shards;    /* WasmPoolShards, 0: auto (the runtime's) */
+extern apr_uint64_t wasm_pool_keep_resident;  /* WasmPoolKeepResident, 0:
+                                               * the runtime's default */
 extern apr_interval_time_t wasm_cache_max_age;  /* WasmCacheMaxAge */
 
 

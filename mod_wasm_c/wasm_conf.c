@@ -12,6 +12,8 @@ apr_array_header_t *wasm_modules;
 const char *wasm_cache_dir;
 int wasm_pool_slots;     /* WasmPoolSlots, 0: ThreadsPerChild + 1 */
 int wasm_pool_shards;    /* WasmPoolShards, 0: auto (the runtime's) */
+apr_uint64_t wasm_pool_keep_resident;   /* WasmPoolKeepResident, 0: the
+                                         * runtime's default */
 apr_interval_time_t wasm_cache_max_age;  /* WasmCacheMaxAge */
 wasm_rt_runtime *wasm_runtime;
 
@@ -419,6 +421,30 @@ static const char *wasm_cmd_pool_slots(cmd_parms *cmd, void *dconf,
     return NULL;
 }
 
+static const char *wasm_cmd_pool_keep_resident(cmd_parms *cmd, void *dconf,
+                                               const char *arg)
+{
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+    char *error = NULL;
+    uint64_t bytes = 0;
+
+    if (err) {
+        return err;
+    }
+    if (wasm_rt_parse_size(arg, &bytes, &error) != WASM_RT_OK) {
+        err = apr_psprintf(cmd->pool, "WasmPoolKeepResident: %s",
+                           error ? error : "invalid size");
+        wasm_rt_string_free(error);
+        return err;
+    }
+    /* No guest memory is larger than 4G. */
+    if (bytes > (APR_UINT64_C(4) << 30)) {
+        return "WasmPoolKeepResident must be at most 4G";
+    }
+    wasm_pool_keep_resident = bytes;
+    return NULL;
+}
+
 static const char *wasm_cmd_pool_shards(cmd_parms *cmd, void *dconf,
                                         const char *arg)
 {
@@ -522,6 +548,10 @@ const command_rec wasm_cmds[] = {
                   "how long an unused compiled module stays cached"),
     AP_INIT_TAKE1("WasmPoolSlots", wasm_cmd_pool_slots, NULL, RSRC_CONF,
                   "instance slots per child (unset: ThreadsPerChild + 1)"),
+    AP_INIT_TAKE1("WasmPoolKeepResident", wasm_cmd_pool_keep_resident, NULL,
+                  RSRC_CONF,
+                  "bytes of each guest memory an instance slot keeps "
+                  "resident between requests (e.g. 64M)"),
     AP_INIT_TAKE1("WasmPoolShards", wasm_cmd_pool_shards, NULL, RSRC_CONF,
                   "engines a child spreads its slots over, or 'auto' (one "
                   "per CPU, at most 8, at least two slots each)"),

@@ -110,7 +110,9 @@ void wasm_http_log_notes(request_rec *r, const wasm_dir_conf *conf,
         nl = strchr(p, '\n');
         ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, WASMLOGNO(00069)
                       "%s at %s: %.*s", module_path,
-                      conf->location ? conf->location : r->uri,
+                      /* Not r->uri: a path may carry a token. */
+                      conf->location ? conf->location
+                                     : conf->module->defined_at,
                       (int)(nl ? nl - p : (long)strlen(p)), p);
         p = nl ? nl + 1 : NULL;
     }
@@ -126,7 +128,9 @@ int32_t wasm_send_head_cb(void *data, int32_t status,
     request_rec *r = io->r;
     size_t i;
 
-    if (io->head_scanned || status < 100 || status > 999) {
+    /* A final status only: a 1xx would make the client read the body as
+     * the next response's head. */
+    if (io->head_scanned || status < 200 || status > 599) {
         return -1;
     }
     r->status = status;

@@ -519,17 +519,20 @@ def send_outgoing(req):
     """Sends urllib request `req` with wasi:http; the response's head."""
     headers = dict(req.unredirected_hdrs)
     headers.update((k, v) for k, v in req.headers.items() if k not in headers)
-    fields = Fields()
-    for name, value in headers.items():
-        if name.lower() not in NOT_SENT:
-            fields.append(name.lower(), str(value).encode("latin-1"))
-    outgoing = OutgoingRequest(fields)
-    outgoing.set_method(method_variant(req.get_method()))
-    outgoing.set_scheme(types.Scheme_Https() if req.type == "https" else types.Scheme_Http())
-    outgoing.set_authority(req.host)
-    outgoing.set_path_with_query(req.selector or "/")
-    body = outgoing.body()
+    body = None
     try:
+        # Each of these refuses what wasi:http does not take (a bad
+        # header, an authority or path it cannot parse): a URLError too.
+        fields = Fields()
+        for name, value in headers.items():
+            if name.lower() not in NOT_SENT:
+                fields.append(name.lower(), str(value).encode("latin-1"))
+        outgoing = OutgoingRequest(fields)
+        outgoing.set_method(method_variant(req.get_method()))
+        outgoing.set_scheme(types.Scheme_Https() if req.type == "https" else types.Scheme_Http())
+        outgoing.set_authority(req.host)
+        outgoing.set_path_with_query(req.selector or "/")
+        body = outgoing.body()
         future = outgoing_handler.handle(outgoing, request_options(req.timeout))
         with body.write() as stream:
             for chunk in request_body_chunks(req.data):
@@ -549,6 +552,30 @@ def send_outgoing(req):
     if isinstance(result.value, Err):
         raise urllib.error.URLError(WasiHttpError(result.value.value))
     return result.value.value
+
+
+class SameOriginCredentials(urllib.request.HTTPRedirectHandler):
+    """urllib's redirects, but Authorization and Cookie go only to the
+    scheme, host and port they were sent to."""
+
+    CREDENTIALS = ("authorization", "cookie", "proxy-authorization")
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and origin(new.full_url) != origin(req.full_url):
+            for name in list(new.headers):
+                if name.lower() in self.CREDENTIALS:
+                    del new.headers[name]
+            for name in list(new.unredirected_hdrs):
+                if name.lower() in self.CREDENTIALS:
+                    del new.unredirected_hdrs[name]
+        return new
+
+
+def origin(url):
+    parts = urllib.parse.urlsplit(url)
+    default = 443 if parts.scheme == "https" else 80
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
 
 
 class WasiHttpHandler(urllib.request.HTTPHandler):
@@ -587,7 +614,11 @@ def install():
     (done at import, so at build time)."""
     preload(PRELOADED)
     tempfile.TemporaryFile = temporary_file
-    urllib.request.install_opener(urllib.request.build_opener(WasiHttpHandler))
+    # No proxies (an https_proxy in WasmEnv would otherwise get the
+    # origin's requests, credentials included), and redirects that drop
+    # credentials when they leave the origin.
+    urllib.request.install_opener(urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), SameOriginCredentials, WasiHttpHandler))
 
 
 install()

@@ -68,18 +68,30 @@ def respond(response_out, parts, status=200, ctype=b"text/plain", pause=0.0, the
     OutgoingBody.finish(body, trailers)
 
 
-def fetch(url):
-    """GETs `url` through wasi:http/outgoing-handler: "STATUS BODY", or
-    "error NAME" with the wasi:http error-code's name."""
+# An outgoing request "fetch-keep" started and left for a later request.
+kept_fetches = []
+
+
+def start_fetch(url):
     parts = urllib.parse.urlsplit(url)
     req = types.OutgoingRequest(Fields())
     req.set_scheme(types.Scheme_Https() if parts.scheme == "https" else types.Scheme_Http())
     req.set_authority(parts.netloc)
     req.set_path_with_query((parts.path or "/") + ("?" + parts.query if parts.query else ""))
+    return outgoing_handler.handle(req, None)
+
+
+def fetch(url):
+    """GETs `url` through wasi:http/outgoing-handler: "STATUS BODY", or
+    "error NAME" with the wasi:http error-code's name."""
     try:
-        future = outgoing_handler.handle(req, None)
+        future = start_fetch(url)
     except Err as e:
         return b"error " + type(e.value).__name__.encode()
+    return outcome(future)
+
+
+def outcome(future):
     future.subscribe().block()
     result = future.get()
     # option<result<result<incoming-response, error-code>>>
@@ -162,6 +174,11 @@ class IncomingHandler(exports.IncomingHandler):
         elif action == "fetch":
             # fetch?URL (percent-encoded): the outgoing request's outcome.
             respond(response_out, [fetch(urllib.parse.unquote(query))])
+        elif action == "fetch-keep":
+            kept_fetches.append(start_fetch(urllib.parse.unquote(query)))
+            respond(response_out, [b"kept"])
+        elif action == "fetch-kept":
+            respond(response_out, [outcome(kept_fetches.pop())])
         elif action == "spin":
             while True:
                 pass

@@ -162,7 +162,7 @@ const char *wasm_rt_version(void);
  * whose wasm_rt_abi_version() differs from the WASM_RT_ABI_VERSION it was
  * compiled with (a mismatched pair would misread arguments, not fail).
  */
-#define WASM_RT_ABI_VERSION 7
+#define WASM_RT_ABI_VERSION 8
 uint32_t wasm_rt_abi_version(void);
 
 /*
@@ -278,6 +278,9 @@ typedef struct wasm_rt_runtime_options {
     int32_t concurrency;            /* 1: engines with the component model's
                                      * concurrency, as the modules were
                                      * compiled (wasm_rt_compile_options) */
+    uint64_t keep_resident;         /* bytes of each memory and table a slot
+                                     * keeps resident between instances
+                                     * (WasmPoolKeepResident); 0: 128 KiB */
 } wasm_rt_runtime_options;
 
 /*

@@ -90,6 +90,9 @@ pub struct PoolSize {
     pub memories_per_slot: u32,
     /// Most tables one instance of any configured module needs.
     pub tables_per_slot: u32,
+    /// Bytes of each memory and table a slot keeps resident between
+    /// instances (`WasmPoolKeepResident`).
+    pub keep_resident: usize,
 }
 
 impl PoolSize {
@@ -103,6 +106,7 @@ impl PoolSize {
             max_tables_per_module: 1,
             components: false,
             memories_per_slot: 1,
+            keep_resident: KEEP_RESIDENT,
             tables_per_slot: 1,
         }
     }
@@ -125,7 +129,11 @@ const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
 /// 15 µs at 128 KiB and above. It is also what each used slot keeps resident
 /// for good: at 1 MiB, children grew by up to 1 MiB per slot as a soak test
 /// touched more slots (26 slots per child); 128 KiB bounds that.
-const KEEP_RESIDENT: usize = 128 << 10;
+/// `WasmPoolKeepResident` raises it for interpreters whose pre-initialized
+/// heap is megabytes: with `pagemap_scan` a kept page costs a copy only when
+/// a request dirtied it, and one not kept costs a page fault and a TLB
+/// shootdown on the next request.
+pub const KEEP_RESIDENT: usize = 128 << 10;
 
 /// Fiber stacks per slot on an engine with the component model's
 /// concurrency: a 0.3 guest holds one for each of its fibers suspended at
@@ -167,8 +175,8 @@ pub fn runtime_engine(pool: &PoolSize, engine_options: EngineOptions) -> Result<
         .max_tables_per_module(pool.max_tables_per_module)
         .table_elements(pool.table_elements)
         .max_core_instance_size(pool.max_core_instance_size)
-        .linear_memory_keep_resident(KEEP_RESIDENT)
-        .table_keep_resident(KEEP_RESIDENT)
+        .linear_memory_keep_resident(pool.keep_resident)
+        .table_keep_resident(pool.keep_resident)
         // Where the kernel can tell which pages a request dirtied (Linux 6.7+),
         // reset only those instead of the whole kept-resident prefix.
         .pagemap_scan(Enabled::Auto);

@@ -14,7 +14,7 @@ use wasmtime::{Engine, Module, Precompiled, Store};
 use crate::cache::Entry;
 use crate::engine::{
     deadline_ticks, format_size, pool_reservation, runtime_engine, while_dumpable, EngineOptions,
-    PoolSize, Ticker,
+    PoolSize, Ticker, KEEP_RESIDENT,
 };
 use crate::error::{chain, Code, Error, Result};
 use crate::executor::{Kind, Linkers, Loaded};
@@ -46,6 +46,9 @@ pub struct RuntimeOptions {
     pub shards: Option<u32>,
     /// Engine variant (benchmarks; production uses the default).
     pub engine: EngineOptions,
+    /// Bytes of each memory and table a slot keeps resident between
+    /// instances (`WasmPoolKeepResident`); `None`: [`KEEP_RESIDENT`].
+    pub keep_resident: Option<usize>,
 }
 
 impl RuntimeOptions {
@@ -55,6 +58,7 @@ impl RuntimeOptions {
             slots,
             shards: None,
             engine: EngineOptions::default(),
+            keep_resident: None,
         }
     }
 }
@@ -163,6 +167,7 @@ impl Runtime {
             .map(|(i, &share)| {
                 let size = PoolSize {
                     slots: share,
+                    keep_resident: options.keep_resident.unwrap_or(KEEP_RESIDENT),
                     ..pool
                 };
                 let engine = runtime_engine(&size, engine_options).map_err(|e| {

@@ -67,7 +67,7 @@ fn abi_version_matches() {
 /// The interface when `WASM_RT_ABI_VERSION` was last decided: the version
 /// and the first 16 hex digits of the SHA-256 of the header without
 /// comments, whitespace collapsed.
-const DECIDED: (u32, &str) = (7, "4f2cc67adf05f8c5");
+const DECIDED: (u32, &str) = (8, "ef230f91c69112b1");
 
 #[test]
 fn a_changed_interface_gets_a_decided_version() {
@@ -259,7 +259,14 @@ const FIELDS: &[(&str, &[&str])] = &[
     ),
     (
         "wasm_rt_runtime_options",
-        &["modules", "n_modules", "slots", "shards", "concurrency"],
+        &[
+            "modules",
+            "n_modules",
+            "slots",
+            "shards",
+            "concurrency",
+            "keep_resident",
+        ],
     ),
     ("wasm_rt_module_info", &["kind", "reads_env"]),
     ("wasm_rt_chunk", &["data", "len"]),
@@ -374,7 +381,8 @@ fn struct_layouts_match() {
         n_modules,
         slots,
         shards,
-        concurrency
+        concurrency,
+        keep_resident
     );
     rust_layout!(rust, wasm_rt_module_info, kind, reads_env);
     rust_layout!(rust, wasm_rt_chunk, data, len);

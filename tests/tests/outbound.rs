@@ -224,6 +224,30 @@ fn an_upstream_that_never_answers_is_cut_by_wasm_timeout() {
 }
 
 #[test]
+fn an_outgoing_request_ends_with_the_request_that_made_it() {
+    // A kept instance must not carry a pending request (or its connection)
+    // into a later request, which may be another section's.
+    let (_listener, port) = silent();
+    let allow = format!("  WasmAllowOutbound http://127.0.0.1:{port}\n  WasmInstanceReuse 10\n");
+    let s = Apache::start(&probe_at("/x", &allow));
+    let r = get(
+        s.port,
+        &fetch("/x", &format!("http://127.0.0.1:{port}/")).replace("/fetch?", "/fetch-keep?"),
+    );
+    assert_eq!(r.text(), "kept", "{}", s.error_log());
+    let started = Instant::now();
+    let r = get(s.port, "/x/fetch-kept");
+    assert_eq!(r.status, 200, "{}", s.error_log());
+    assert_eq!(r.text(), "error ErrorCode_ConnectionTerminated");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        get(s.port, "/x/count").text(),
+        "3",
+        "the same instance served all three"
+    );
+}
+
+#[test]
 fn bad_patterns_fail_configtest_naming_the_directive_and_line() {
     for (pattern, why) in [
         ("example.com", "no scheme://"),

@@ -166,6 +166,10 @@ fn every_directive_is_documented_with_the_codes_default() {
         docs["WasmInstanceReuse"],
         DEFAULT_INSTANCE_REUSE.to_string()
     );
+    assert_eq!(
+        parse_size(&docs["WasmPoolKeepResident"]).unwrap(),
+        wasm_runtime::engine::KEEP_RESIDENT as u64
+    );
     let hours: u64 = docs["WasmCacheMaxAge"]
         .strip_suffix('h')
         .and_then(|h| h.parse().ok())

@@ -133,7 +133,7 @@ pub extern "C" fn wasm_rt_version() -> *const c_char {
 
 /// The version of the C interface (`WASM_RT_ABI_VERSION` in the header):
 /// bump it with any change to a prototype or a `#[repr(C)]` struct.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// The version of the C interface this library implements.
 #[no_mangle]

@@ -194,6 +194,9 @@ pub struct wasm_rt_runtime_options {
     /// Non-zero: engines with the component model's concurrency, as the
     /// modules were compiled for.
     pub concurrency: i32,
+    /// Bytes of each memory and table a slot keeps resident; 0: the
+    /// runtime's default.
+    pub keep_resident: u64,
 }
 
 /// The modules and options of `wasm_rt_runtime_new` and `wasm_rt_runtime_check`.
@@ -236,6 +239,8 @@ unsafe fn from_c(
     let options = RuntimeOptions {
         shards: (o.shards != 0).then_some(o.shards),
         engine: engine_options(o.concurrency),
+        keep_resident: (o.keep_resident != 0)
+            .then(|| usize::try_from(o.keep_resident).unwrap_or(usize::MAX)),
         ..RuntimeOptions::with_slots(o.slots)
     };
     Ok((specs, options))

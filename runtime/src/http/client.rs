@@ -40,26 +40,72 @@ pub type Sent = (
 trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
-/// Sends `req` to `target`, which it was checked against.
+/// Outgoing requests one request may have at once (waiting for a
+/// connection, or connected until the guest has read the response).
+pub const PER_REQUEST: usize = 16;
+
+/// Outgoing requests a child may have at once: each holds a socket, and
+/// a name lookup holds a thread until the resolver answers.
+const PER_CHILD: usize = 256;
+
+static CHILD: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PER_CHILD);
+
+/// What bounds the outgoing requests of one request.
+pub struct Budget {
+    /// Its share of [`PER_REQUEST`].
+    pub at_once: Arc<tokio::sync::Semaphore>,
+    /// Changes (closes) when the request ends.
+    pub ended: tokio::sync::watch::Receiver<()>,
+    /// The request's `WasmTimeout`.
+    pub deadline: Instant,
+}
+
+/// Until the request that made an outgoing request has ended.
+async fn request_ended(mut ended: tokio::sync::watch::Receiver<()>) {
+    while ended.changed().await.is_ok() {}
+}
+
+/// Sends `req` to `target`, which it was checked against, within `budget`.
 pub async fn send(
+    target: Target,
+    req: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+    budget: Budget,
+) -> Result<Sent, Error> {
+    let ended = budget.ended.clone();
+    tokio::select! {
+        biased;
+        () = request_ended(ended) => Err(Error::ConnectionTerminated),
+        r = send_within(target, req, options, budget) => r,
+    }
+}
+
+async fn send_within(
     target: Target,
     mut req: http::Request<WasiBody>,
     options: Option<RequestOptions>,
-    deadline: Instant,
+    budget: Budget,
 ) -> Result<Sent, Error> {
+    let deadline = budget.deadline;
     let wait = |asked: Option<Duration>| {
         let left = (deadline + GRACE).saturating_duration_since(Instant::now());
         asked.map_or(left, |a| a.min(left))
     };
     let options = options.unwrap_or_default();
     let connect = wait(options.connect_timeout);
-    let tcp = tokio::time::timeout(
-        connect,
-        TcpStream::connect((target.host.as_str(), target.port)),
-    )
+    let tcp = tokio::time::timeout(connect, async {
+        // Both held until the connection closes (the io future below).
+        let mine = budget.at_once.clone().acquire_owned().await;
+        let child = CHILD.acquire().await;
+        let (Ok(mine), Ok(child)) = (mine, child) else {
+            return Err(Error::ConnectionLimitReached);
+        };
+        let tcp = connect_to(&target).await?;
+        Ok((tcp, (mine, child)))
+    })
     .await
-    .map_err(|_| Error::ConnectionTimeout)?
-    .map_err(connect_error)?;
+    .map_err(|_| Error::ConnectionTimeout)?;
+    let (tcp, permits) = tcp?;
     let _ = tcp.set_nodelay(true);
     let stream: Box<dyn Stream> = match target.scheme {
         Scheme::Http => Box::new(tcp),
@@ -79,7 +125,10 @@ pub async fn send(
         .await
         .map_err(Error::from)?;
     // Over a connection of its own, the request line carries the path
-    // only; the guest's authority went into its Host header.
+    // only, and Host names the target that was checked.
+    let host = http::HeaderValue::try_from(target.host_header())
+        .map_err(|_| Error::HttpRequestUriInvalid)?;
+    req.headers_mut().insert(http::header::HOST, host);
     *req.uri_mut() = req
         .uri()
         .path_and_query()
@@ -114,10 +163,14 @@ pub async fn send(
         Some(gap) => Paced::new(body, gap).boxed_unsync(),
         None => body.map_err(Error::from).boxed_unsync(),
     });
+    let ended = budget.ended;
     let io = async move {
-        match conn {
-            Some(c) => c.await.map_err(Error::from),
-            None => Ok(()),
+        let _permits = permits;
+        let Some(c) = conn else { return Ok(()) };
+        tokio::select! {
+            biased;
+            () = request_ended(ended) => Err(Error::ConnectionTerminated),
+            r = c => r.map_err(Error::from),
         }
     };
     Ok((response, Box::new(io)))
@@ -154,6 +207,22 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, Error> {
         })
         .clone()
         .map_err(|e| Error::InternalError(Some(e)))
+}
+
+/// A connection to one of the target's addresses, tried in the order the
+/// resolver gives them.
+async fn connect_to(target: &Target) -> Result<TcpStream, Error> {
+    let addrs = tokio::net::lookup_host((target.host.as_str(), target.port))
+        .await
+        .map_err(Error::Connect)?;
+    let mut last = Error::DestinationNotFound;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = connect_error(e),
+        }
+    }
+    Err(last)
 }
 
 fn connect_error(e: std::io::Error) -> Error {

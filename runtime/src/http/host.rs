@@ -80,6 +80,12 @@ pub(crate) struct Outbound {
     allowed: Vec<String>,
     deadline: Option<Instant>,
     notes: Notes,
+    /// Dropped when the request ends: every outgoing request it made, and
+    /// its connection, ends with it (a kept instance must not carry one
+    /// into a later request).
+    lifetime: Option<tokio::sync::watch::Sender<()>>,
+    /// Outgoing requests of this request at once (`None`: no request).
+    at_once: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Outbound {
@@ -95,7 +101,16 @@ impl Outbound {
             allowed: allowed.iter().map(|p| p.to_string()).collect(),
             deadline: Some(deadline),
             notes: notes.clone(),
+            lifetime: Some(tokio::sync::watch::channel(()).0),
+            at_once: Some(Arc::new(tokio::sync::Semaphore::new(client::PER_REQUEST))),
         }
+    }
+
+    /// Ends every outgoing request the request made: what the guest kept
+    /// of them fails from now on.
+    pub(crate) fn end(&mut self) {
+        self.lifetime = None;
+        self.allowed.clear();
     }
 
     fn refuse(&mut self, note: String) -> Box<dyn Future<Output = SendResult> + Send> {
@@ -157,8 +172,23 @@ impl WasiHttpHooks for Outbound {
             ));
         }
         // (Hooks that serve no request allow nothing: never reached.)
-        let deadline = self.deadline.unwrap_or_else(Instant::now);
-        Box::new(client::send(target, request, options, deadline))
+        let (Some(deadline), Some(lifetime), Some(at_once)) =
+            (self.deadline, &self.lifetime, &self.at_once)
+        else {
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        };
+        let budget = client::Budget {
+            at_once: at_once.clone(),
+            ended: lifetime.subscribe(),
+            deadline,
+        };
+        Box::new(client::send(target, request, options, budget))
+    }
+
+    // The Host header is the checked target's (client.rs), not the
+    // guest's authority text.
+    fn set_host_header(&mut self) -> bool {
+        false
     }
 }
 

@@ -98,20 +98,46 @@ impl Target {
             Some(_) => return Err("its scheme is neither http nor https"),
             None => return Err("it has no scheme"),
         };
+        let authority = uri.authority().ok_or("it has no host")?.as_str();
+        // A user part would reach the upstream in its Host header, naming
+        // another host than the one checked.
+        if authority.contains('@') {
+            return Err("it names a user");
+        }
         let host = uri.host().ok_or("it has no host")?;
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        let host = normal_host(host);
+        let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => v6
+                .parse::<Ipv6Addr>()
+                .map_err(|_| "its host is not an IPv6 address in []")?
+                .to_string(),
+            None => normal_host(host),
+        };
         if host.is_empty() {
             return Err("it has no host");
         }
-        Ok(Target {
-            scheme,
-            port: uri.port_u16().unwrap_or(scheme.default_port()),
-            host,
-        })
+        // The http crate reads a port it cannot parse as none at all.
+        let port = match split_port(authority) {
+            Ok((_, None)) => scheme.default_port(),
+            Ok((_, Some(p))) => match p.parse::<u16>() {
+                Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => return Err("its port is not a number from 1 to 65535"),
+            },
+            Err(why) => return Err(why),
+        };
+        Ok(Target { scheme, port, host })
+    }
+
+    /// The `Host` header of a request to this target: its host and, when
+    /// it is not the scheme's, its port.
+    pub fn host_header(&self) -> String {
+        let host = match self.host.contains(':') {
+            true => format!("[{}]", self.host),
+            false => self.host.clone(),
+        };
+        match self.port == self.scheme.default_port() {
+            true => host,
+            false => format!("{host}:{}", self.port),
+        }
     }
 }
 
@@ -201,8 +227,8 @@ fn parse_host(host: &str) -> Result<Host, &'static str> {
     if host == "*" {
         return Ok(Host::Any);
     }
-    if host.parse::<Ipv6Addr>().is_ok() {
-        return Ok(Host::Is(host.to_ascii_lowercase()));
+    if let Ok(v6) = host.parse::<Ipv6Addr>() {
+        return Ok(Host::Is(v6.to_string()));
     }
     if host.contains(':') {
         return Err("the host is neither a name nor an address (an IPv6 address goes in [])");
@@ -227,10 +253,13 @@ fn parse_host(host: &str) -> Result<Host, &'static str> {
     if name.is_empty() || !name.split('.').all(dns) {
         return Err("the host is not a DNS name or an IP address");
     }
-    // A dotted quad must be a real address, not a name that looks like one.
-    let numeric = name
-        .split('.')
-        .all(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    // A dotted quad must be a real address, not a name that looks like one:
+    // the resolver reads `127.1` and `0x7f.1` as 127.0.0.1.
+    let number = |l: &str| match l.strip_prefix("0x") {
+        Some(hex) => hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        None => l.bytes().all(|b| b.is_ascii_digit()),
+    };
+    let numeric = name.split('.').all(number);
     if numeric && (wild || name.parse::<Ipv4Addr>().is_err()) {
         return Err("the host is not a DNS name or an IP address");
     }
@@ -301,6 +330,7 @@ mod tests {
         assert!(allows("*://example.com", "https://example.com/"));
         assert!(!allows("*://example.com", "https://example.com:80/"));
         assert!(allows("http://[::1]:9000", "http://[::1]:9000/"));
+        assert!(allows("http://[0:0::1]:9000", "http://[::0:1]:9000/"));
         assert!(!allows("http://[::1]:9000", "http://127.0.0.1:9000/"));
     }
 
@@ -338,6 +368,10 @@ mod tests {
             ("https://*.10.0.0.1", "not a DNS name"),
             ("https://[::1", "lacks its ]"),
             ("https://::1", "in []"),
+            ("https://0x7f000001", "not a DNS name"),
+            ("https://0x7f.1", "not a DNS name"),
+            ("https://*.0x1", "not a DNS name"),
+            ("https://127.1", "not a DNS name"),
         ] {
             let e = Pattern::parse(p).unwrap_err();
             assert!(e.contains(why), "{p}: {e}");
@@ -373,6 +407,17 @@ mod tests {
         assert_eq!(target("http://[::1]:9/x").to_string(), "http://[::1]:9");
         let bad = |u: &str| Target::of(&u.parse::<http::Uri>().unwrap()).unwrap_err();
         assert_eq!(bad("/relative"), "it has no scheme");
+        assert_eq!(bad("http://admin.test@127.0.0.1:9/"), "it names a user");
+        assert_eq!(
+            bad("http://a.test:99999/"),
+            "its port is not a number from 1 to 65535"
+        );
+        assert_eq!(
+            bad("http://[fe80::1%25eth0]/"),
+            "its host is not an IPv6 address in []"
+        );
+        assert_eq!(target("https://A.test:443/").host_header(), "a.test");
+        assert_eq!(target("http://[::1]:9/").host_header(), "[::1]:9");
         assert_eq!(bad("ftp://x.test/"), "its scheme is neither http nor https");
     }
 }

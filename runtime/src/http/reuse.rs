@@ -51,6 +51,7 @@ pub(crate) struct ReuseKey {
     dirs: Vec<Preopen>,
     max_memory: usize,
     max_open_files: u32,
+    allow_outbound: Vec<String>,
 }
 
 impl ReuseKey {
@@ -68,6 +69,7 @@ impl ReuseKey {
             dirs: req.dirs.clone(),
             max_memory: req.limits.max_memory,
             max_open_files: req.limits.max_open_files,
+            allow_outbound: req.allow_outbound.iter().map(|p| p.to_string()).collect(),
         }
     }
 
@@ -86,6 +88,7 @@ impl ReuseKey {
                 .zip(&req.env)
                 .all(|((k, v), (rk, rv))| k[..] == rk[..] && v[..] == rv[..])
             && self.dirs == req.dirs
+            && self.allow_outbound == req.allow_outbound
     }
 }
 

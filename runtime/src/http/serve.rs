@@ -166,6 +166,7 @@ fn conclude(
         sent,
         reusable,
     } = called;
+    store.data_mut().outbound.end();
     let refused = store.data_mut().limits.refused();
     let (result, exit_code, bindings) = match (run, sent) {
         (_, sent) if sent.cut() => (sent_result(name, sent, limits), -1, None),
