@@ -251,11 +251,22 @@ def to_ms(text):
     return {"us": v / 1000, "ms": v, "s": v * 1000}[m.group(2)]
 
 
+def wrk_output(url, seconds, connections=16, threads=2, script=None, timeout=10):
+    """Runs wrk (keep-alive) and returns its report; `script` is a wrk Lua
+    script (a POST's method, body and headers, say); a response slower than
+    `timeout` seconds counts as an error."""
+    return subprocess.run(["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds}s",
+                           "--latency", "--timeout", f"{timeout}s", *(["-s", str(script)] if script else []), url],
+                          capture_output=True, text=True, timeout=seconds + max(60, timeout + 50)).stdout
+
+
 def wrk(url, seconds, connections=16, threads=2):
     """Runs wrk (keep-alive) and returns req/s, p50 and p99 in ms, and error count."""
-    out = subprocess.run(["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds}s",
-                          "--latency", "--timeout", "10s", url],
-                         capture_output=True, text=True, timeout=seconds + 60).stdout
+    return parse_wrk(wrk_output(url, seconds, connections, threads))
+
+
+def parse_wrk(out):
+    """req/s, p50 and p99 in ms, and error count of a wrk --latency report."""
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
     p99 = to_ms(re.search(r"\s99%\s+(\S+)", out).group(1))
