@@ -99,17 +99,7 @@ def outcome(future):
         if isinstance(result, Err):
             return b"error " + type(result.value).__name__.encode()
         result = result.value
-    resp = result
-    status = resp.status()
-    body = resp.consume()
-    chunks = []
-    with body.stream() as stream:
-        while True:
-            try:
-                chunks.append(stream.blocking_read(65536))
-            except Err:
-                break
-    return str(status).encode() + b" " + b"".join(chunks)
+    return str(result.status()).encode() + b" " + read_all(result)
 
 
 def fail():

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A parsed response.
 #[derive(Debug, Clone)]
@@ -189,4 +189,29 @@ fn dechunk(mut data: &[u8]) -> std::io::Result<Vec<u8>> {
         out.extend_from_slice(&data[..size]);
         data = &data[size + 2..];
     }
+}
+
+/// A request on a raw connection (HTTP/1.1, kept alive, so that the
+/// response is chunked unless it says its length), read to its end; with
+/// the time the first and the last byte came.
+pub fn raw(port: u16, request: &str) -> (Vec<u8>, Duration, Duration) {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let started = Instant::now();
+    c.write_all(request.as_bytes()).unwrap();
+    let (mut out, mut buf) = (Vec::new(), [0u8; 65536]);
+    let mut first = None;
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                first.get_or_insert_with(|| started.elapsed());
+                out.extend_from_slice(&buf[..n]);
+                if out.ends_with(b"0\r\n\r\n") {
+                    break;
+                }
+            }
+        }
+    }
+    (out, first.unwrap_or_default(), started.elapsed())
 }

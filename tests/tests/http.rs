@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use e2e::apache::{Apache, Mpm, Options};
-use e2e::http::{get, Request};
+use e2e::http::{get, raw, Request};
 
 fn component(path: &str, name: &str, extra: &str) -> String {
     format!(
@@ -79,31 +79,6 @@ fn probe(extra: &str) -> Apache {
     Apache::start(
         &(component("/probe", "probe-py", extra) + &component("/probe3", "probe-py3", extra)),
     )
-}
-
-/// A request on a raw connection (HTTP/1.1, kept alive, so that the
-/// response is chunked unless it says its length), read to its end; with
-/// the time the first and the last byte came.
-fn raw(port: u16, request: &str) -> (Vec<u8>, Duration, Duration) {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let started = Instant::now();
-    c.write_all(request.as_bytes()).unwrap();
-    let (mut out, mut buf) = (Vec::new(), [0u8; 65536]);
-    let mut first = None;
-    loop {
-        match c.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                first.get_or_insert_with(|| started.elapsed());
-                out.extend_from_slice(&buf[..n]);
-                if out.ends_with(b"0\r\n\r\n") {
-                    break;
-                }
-            }
-        }
-    }
-    (out, first.unwrap_or_default(), started.elapsed())
 }
 
 #[test]

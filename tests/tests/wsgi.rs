@@ -3,10 +3,9 @@
 //! guests/wsgi/probe_app.py (`wsgi-probe`) and the demo of examples/flask
 //! (`flask-demo`), against a real Apache.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use e2e::apache::Apache;
 use e2e::http::{get, Request, Response};
@@ -49,29 +48,10 @@ fn post(port: u16, path: &str, ctype: &str, body: impl Into<Vec<u8>>) -> Respons
         .unwrap()
 }
 
-/// A request on a raw connection read to its end (or until the server
-/// closes it), with the times its first and last bytes came.
+/// `e2e::http::raw`, its response as text.
 fn raw(port: u16, request: &str) -> (String, Duration, Duration) {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let started = Instant::now();
-    c.write_all(request.as_bytes()).unwrap();
-    let (mut out, mut buf) = (Vec::new(), [0u8; 65536]);
-    let mut first = None;
-    loop {
-        match c.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                first.get_or_insert_with(|| started.elapsed());
-                out.extend_from_slice(&buf[..n]);
-                if out.ends_with(b"0\r\n\r\n") {
-                    break;
-                }
-            }
-        }
-    }
-    let text = String::from_utf8_lossy(&out).into_owned();
-    (text, first.unwrap_or_default(), started.elapsed())
+    let (out, first, total) = e2e::http::raw(port, request);
+    (String::from_utf8_lossy(&out).into_owned(), first, total)
 }
 
 fn sha256_hex(data: &[u8]) -> String {
