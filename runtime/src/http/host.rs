@@ -77,15 +77,22 @@ impl WasiHttpView for HttpHost {
 /// refused with `HTTP-request-denied` and noted for the error log.
 #[derive(Default)]
 pub(crate) struct Outbound {
-    allowed: Vec<String>,
-    deadline: Option<Instant>,
+    /// The request being served (`None` before and after: nothing allowed).
+    serving: Option<Serving>,
     notes: Notes,
+}
+
+/// What bounds the outgoing requests of the request being served.
+struct Serving {
+    /// Its section's `WasmAllowOutbound` patterns.
+    allowed: Vec<String>,
+    deadline: Instant,
     /// Dropped when the request ends: every outgoing request it made, and
     /// its connection, ends with it (a kept instance must not carry one
     /// into a later request).
-    lifetime: Option<tokio::sync::watch::Sender<()>>,
-    /// Outgoing requests of this request at once (`None`: no request).
-    at_once: Option<Arc<tokio::sync::Semaphore>>,
+    lifetime: tokio::sync::watch::Sender<()>,
+    /// Its outgoing requests at once.
+    at_once: Arc<tokio::sync::Semaphore>,
 }
 
 impl Outbound {
@@ -98,19 +105,20 @@ impl Outbound {
         notes: &Notes,
     ) -> Outbound {
         Outbound {
-            allowed: allowed.iter().map(|p| p.to_string()).collect(),
-            deadline: Some(deadline),
+            serving: Some(Serving {
+                allowed: allowed.iter().map(|p| p.to_string()).collect(),
+                deadline,
+                lifetime: tokio::sync::watch::channel(()).0,
+                at_once: Arc::new(tokio::sync::Semaphore::new(client::PER_REQUEST)),
+            }),
             notes: notes.clone(),
-            lifetime: Some(tokio::sync::watch::channel(()).0),
-            at_once: Some(Arc::new(tokio::sync::Semaphore::new(client::PER_REQUEST))),
         }
     }
 
     /// Ends every outgoing request the request made: what the guest kept
-    /// of them fails from now on.
+    /// of them fails from now on, and it may make no more.
     pub(crate) fn end(&mut self) {
-        self.lifetime = None;
-        self.allowed.clear();
+        self.serving = None;
     }
 
     fn refuse(&mut self, note: String) -> Box<dyn Future<Output = SendResult> + Send> {
@@ -160,27 +168,21 @@ impl WasiHttpHooks for Outbound {
             Ok(t) => t,
             Err(why) => return self.refuse(format!("an outgoing request was refused: {why}")),
         };
-        if self.allowed.is_empty() {
+        let Some(serving) = self.serving.as_ref().filter(|s| !s.allowed.is_empty()) else {
             return self.refuse(format!(
                 "outgoing request to {target} refused: no WasmAllowOutbound allows any here"
             ));
-        }
-        if outbound::allowed(&self.allowed, &target).is_none() {
+        };
+        if outbound::allowed(&serving.allowed, &target).is_none() {
+            let list = serving.allowed.join(" ");
             return self.refuse(format!(
-                "outgoing request to {target} refused: not allowed by WasmAllowOutbound {}",
-                self.allowed.join(" ")
+                "outgoing request to {target} refused: not allowed by WasmAllowOutbound {list}"
             ));
         }
-        // (Hooks that serve no request allow nothing: never reached.)
-        let (Some(deadline), Some(lifetime), Some(at_once)) =
-            (self.deadline, &self.lifetime, &self.at_once)
-        else {
-            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
-        };
         let budget = client::Budget {
-            at_once: at_once.clone(),
-            ended: lifetime.subscribe(),
-            deadline,
+            at_once: serving.at_once.clone(),
+            ended: serving.lifetime.subscribe(),
+            deadline: serving.deadline,
         };
         Box::new(client::send(target, request, options, budget))
     }
