@@ -29,7 +29,7 @@ JS_COMPONENTS := $(patsubst guests/http/js/%.js,$(BUILD)/components/%-js.wasm,$(
 C_COMPONENTS  := $(patsubst guests/http/c/%.c,$(BUILD)/components/%-c.wasm,$(filter-out %/response.c,$(wildcard guests/http/c/*.c)))
 # Applications built with the commands users run: WSGI (Flask) apps with
 # scripts/build-wsgi, JavaScript fetch-event apps with scripts/build-js.
-APPS          := $(BUILD)/components/flask-demo.wasm $(BUILD)/components/wsgi-probe.wasm $(BUILD)/components/js-demo.wasm
+APPS          := $(BUILD)/components/flask-demo.wasm $(BUILD)/components/wsgi-probe.wasm $(BUILD)/components/wsgi-probe-warm.wasm $(BUILD)/components/js-demo.wasm
 WSGI_REQS     := examples/flask/requirements.txt
 WSGI_DEPS     := python/mod_wasm_wsgi.py scripts/build-wsgi scripts/toolchain.sh $(WSGI_REQS) Cargo.lock
 
@@ -76,10 +76,15 @@ $(BUILD)/components/%-c.wasm: guests/http/c/%.c guests/http/c/response.c guests/
 	scripts/build-components $*-c
 
 $(BUILD)/components/flask-demo.wasm: examples/flask/app.py $(WSGI_DEPS)
-	scripts/build-wsgi app:app -s examples/flask -r $(WSGI_REQS) -o $@
+	scripts/build-wsgi app:app -s examples/flask -r $(WSGI_REQS) -o $@ \
+	    --warm 'GET /' --warm 'POST /api/sum application/json {"numbers":[1,2,3]}'
 
 $(BUILD)/components/wsgi-probe.wasm: guests/wsgi/probe_app.py $(WSGI_DEPS)
 	scripts/build-wsgi probe_app:app -s guests/wsgi -r $(WSGI_REQS) -o $@
+
+# The probe with its first requests made at build time (tests/tests/wsgi.rs).
+$(BUILD)/components/wsgi-probe-warm.wasm: guests/wsgi/probe_app.py $(WSGI_DEPS)
+	scripts/build-wsgi probe_app:app -s guests/wsgi -r $(WSGI_REQS) -o $@ --warm 'GET /count'
 
 $(BUILD)/components/js-demo.wasm: examples/js/app.js scripts/build-js scripts/toolchain.sh guests/http/js/package-lock.json
 	scripts/build-js examples/js/app.js -o $@

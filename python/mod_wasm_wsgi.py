@@ -114,6 +114,67 @@ def preload(names):
         importlib.import_module(name)
 
 
+# Times each warm-up request is made: enough for CPython to specialize the
+# bytecode the request runs (it does so after a few executions).
+WARM_ROUNDS = 3
+
+
+def warm(app, requests):
+    """Calls `app` with each of `requests` ("METHOD PATH", or "METHOD PATH
+    CONTENT-TYPE BODY") at build time, WARM_ROUNDS times, so that what it
+    does on its first requests (building caches, compiling templates,
+    specializing bytecode) is done once, in the snapshot, instead of in
+    every fresh instance. Exits when one fails or answers 4xx or 5xx."""
+    for text in requests:
+        parts = text.split(" ", 3)
+        if len(parts) not in (2, 4) or not parts[1].startswith("/"):
+            sys.exit(f"build-wsgi: warm-up request {text!r} is not 'METHOD /PATH [CONTENT-TYPE BODY]'")
+        method, target = parts[0].upper(), parts[1]
+        body = parts[3].encode() if len(parts) == 4 else b""
+        path, _, query = target.partition("?")
+        for _ in range(WARM_ROUNDS):
+            environ = {
+                "REQUEST_METHOD": method,
+                "SCRIPT_NAME": "",
+                "PATH_INFO": urllib.parse.unquote_to_bytes(path).decode("latin-1"),
+                "QUERY_STRING": query,
+                "SERVER_NAME": "localhost",
+                "SERVER_PORT": "80",
+                "SERVER_PROTOCOL": "HTTP/1.1",
+                "REMOTE_ADDR": "127.0.0.1",
+                "REMOTE_PORT": "0",
+                "HTTP_HOST": "localhost",
+                "wsgi.version": (1, 0),
+                "wsgi.url_scheme": "http",
+                "wsgi.input": io.BytesIO(body),
+                "wsgi.errors": sys.stderr,
+                "wsgi.multithread": False,
+                "wsgi.multiprocess": True,
+                "wsgi.run_once": False,
+                "wsgi.input_terminated": True,
+            }
+            if len(parts) == 4:
+                environ["CONTENT_TYPE"] = parts[2]
+                environ["CONTENT_LENGTH"] = str(len(body))
+            status = []
+
+            def start_response(line, headers, exc_info=None):
+                status.append(line)
+                return lambda data: None
+
+            result = app(environ, start_response)
+            try:
+                for _ in result:
+                    pass
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+            if not status or not "200" <= status[-1][:3] < "400":
+                sys.exit(f"build-wsgi: warm-up request {text!r} answered "
+                         f"{status[-1] if status else 'without a status'}")
+
+
 def serve(app):
     """The wasi:http handler class that serves the WSGI callable `app`."""
 

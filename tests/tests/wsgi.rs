@@ -390,6 +390,24 @@ fn wasm_instance_reuse_keeps_the_application_s_state() {
 }
 
 #[test]
+fn warm_up_requests_made_at_build_time_are_in_every_fresh_instance() {
+    // wsgi-probe-warm is the probe built with --warm 'GET /count': the
+    // three warm-up requests counted, every fresh instance starts there.
+    let s = Apache::start(
+        &(component("/probe", "wsgi-probe", "")
+            + &component("/warm", "wsgi-probe-warm", "")
+            + &component("/warm-kept", "wsgi-probe-warm", "  WasmInstanceReuse 10\n")),
+    );
+    let count = |path: &str| ok(&s, get(s.port, path));
+    let cold: Vec<String> = (0..2).map(|_| count("/probe/count")).collect();
+    assert_eq!(cold, ["1", "1"]);
+    let warm: Vec<String> = (0..3).map(|_| count("/warm/count")).collect();
+    assert_eq!(warm, ["4", "4", "4"]);
+    let kept: Vec<String> = (0..3).map(|_| count("/warm-kept/count")).collect();
+    assert_eq!(kept, ["4", "5", "6"]);
+}
+
+#[test]
 fn urllib_s_outbound_request_fails_with_the_wasi_http_error() {
     let s = probe("");
     let t = json(&s, get(s.port, "/probe/fetch?url=http://127.0.0.1:9/x"));
@@ -492,6 +510,33 @@ fn build_wsgi_names_a_missing_module_or_callable() {
     let text = build_wsgi_failure(&["plain:answer", "-s", src, "-o", out]);
     assert!(
         text.contains("build-wsgi: plain.answer is not callable (a int)"),
+        "{text}"
+    );
+    assert!(!dir.join("out.wasm").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn build_wsgi_names_a_warm_up_request_that_fails() {
+    let dir = e2e::apache::scratch_dir("build-wsgi-warm");
+    std::fs::write(
+        dir.join("tiny.py"),
+        "def app(environ, start_response):\n    \
+         found = environ['PATH_INFO'] == '/'\n    \
+         start_response('200 OK' if found else '404 Not Found', [])\n    \
+         return [b'']\n",
+    )
+    .unwrap();
+    let out = dir.join("out.wasm");
+    let (src, out) = (dir.to_str().unwrap(), out.to_str().unwrap());
+    let text = build_wsgi_failure(&["tiny:app", "-s", src, "-o", out, "--warm", "GET /nope"]);
+    assert!(
+        text.contains("build-wsgi: warm-up request 'GET /nope' answered 404 Not Found"),
+        "{text}"
+    );
+    let text = build_wsgi_failure(&["tiny:app", "-s", src, "-o", out, "--warm", "/"]);
+    assert!(
+        text.contains("build-wsgi: warm-up request '/' is not 'METHOD /PATH [CONTENT-TYPE BODY]'"),
         "{text}"
     );
     assert!(!dir.join("out.wasm").exists());
