@@ -112,8 +112,9 @@ def render_conf(lines, words):
 class Server:
     """An Apache on a free loopback port with its own directory under build/perf/run."""
 
-    def __init__(self, name, mpm, modules, site):
-        self.name, self.mpm = name, mpm
+    def __init__(self, name, mpm, modules, site, tuning=None):
+        """`tuning`: the MPM's directives, instead of MPM_TUNING's."""
+        self.name, self.mpm, self.tuning = name, mpm, tuning or MPM_TUNING[mpm]
         self.dir = BUILD / "run" / name
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
@@ -123,7 +124,7 @@ class Server:
         loads = "\n".join(f"LoadModule {m}_module {p if '/' in p else libexec + '/' + p}" for m, p in modules)
         user = "User www-data\nGroup www-data" if os.geteuid() == 0 else ""
         extra_conf = os.environ.get("PERF_EXTRA_CONF", "").replace("\\n", "\n")
-        tuning = f"""{MPM_TUNING[mpm]}KeepAlive On
+        tuning = f"""{self.tuning}KeepAlive On
 {extra_conf}
 MaxKeepAliveRequests 0
 # Static rows are measured without mmap (noted in the results).
