@@ -294,6 +294,7 @@ static int wasm_post_config(apr_pool_t *pconf, apr_pool_t *plog,
                      "still experimental in Wasmtime 48)", wasm_concurrency_for);
     }
     wasm_prune_cache(ptemp, s);
+    wasm_metrics_post_config(ptemp, s);
     ap_add_version_component(pconf, "mod_wasm/0.1");
     return OK;
 }
@@ -304,6 +305,7 @@ static void wasm_child_init(apr_pool_t *pchild, server_rec *s)
     char *error = NULL;
 
     wasm_runtime = NULL;
+    wasm_metrics_child_init(pchild, s);
     if (!wasm_modules || wasm_modules->nelts == 0) {
         return;
     }
@@ -335,6 +337,7 @@ static void wasm_register_hooks(apr_pool_t *p)
     ap_hook_handler(wasm_status_handler, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_pre_connection(wasm_pre_connection, NULL, NULL, APR_HOOK_MIDDLE);
     wasm_cgi_register_filters();
+    wasm_metrics_register_hooks();
 }
 
 AP_DECLARE_MODULE(wasm) = {

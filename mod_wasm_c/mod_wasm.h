@@ -50,7 +50,9 @@
 #define WASM_CLIENT_ADDR_HEADER "wasm-client-addr"
 #define WASM_BASE_PATH_HEADER "wasm-base-path"
 /* Request note: microseconds spent in the runtime (%{wasm-run-us}n). */
+#define WASM_METRICS_HANDLER "wasm-metrics"
 #define WASM_RUN_NOTE "wasm-run-us"
+#define WASM_OUTCOME_NOTE "wasm-outcome"
 
 extern module AP_MODULE_DECLARE_DATA wasm_module;
 
@@ -67,6 +69,9 @@ typedef struct {
     const char *defined_at;  /* "file:line" of the directive */
     int index;               /* the module it runs, in wasm_modules; -1
                               * until wasm_modules_resolve */
+    const char *section;     /* the path of the section it is in (what the
+                              * metrics call its location), NULL: none */
+    int32_t metrics;         /* its entry in the metrics table; -1: none */
 } wasm_module_use;
 
 /* A module a child loads: one .wasm linked one way, however many sections
@@ -144,6 +149,7 @@ typedef struct {
     int passing;                /* wasm_pass_output is passing a brigade */
     int core_ended;             /* the core passed an error or EOS of its own
                                  * while the guest ran */
+    apr_uint64_t bytes_in;      /* request body bytes handed to the guest */
 } wasm_io;
 
 /* wasm_conf.c */
@@ -183,6 +189,14 @@ void wasm_log_no_runtime(request_rec *r, const char *what);
 
 /* wasm_status.c */
 int wasm_status_handler(request_rec *r);
+
+void wasm_metrics_post_config(apr_pool_t *ptemp, server_rec *s);
+void wasm_metrics_child_init(apr_pool_t *pchild, server_rec *s);
+void wasm_metrics_note(request_rec *r, const wasm_module_use *use,
+                       int32_t code, apr_uint64_t run_us,
+                       apr_uint64_t bytes_in);
+int wasm_metrics_write(request_rec *r, int32_t format);
+void wasm_metrics_register_hooks(void);
 
 #pragma GCC visibility pop
 

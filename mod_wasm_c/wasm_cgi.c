@@ -253,6 +253,7 @@ static int64_t wasm_read_body_cb(void *data, unsigned char *buf, size_t len,
                 }
                 memcpy(buf + got, bytes, n);
                 got += n;
+                io->bytes_in += n;
             }
             apr_bucket_delete(b);
         }
@@ -537,6 +538,7 @@ int wasm_handler(request_rec *r)
     wasm_io *io;
     wasm_rt_module_info info;
     struct timespec started, ended;
+    long run_us;
     int status;
 
     if (!r->handler || strcmp(r->handler, WASM_HANDLER) != 0) {
@@ -642,12 +644,16 @@ int wasm_handler(request_rec *r)
     clock_gettime(CLOCK_MONOTONIC, &started);
     wasm_rt_run(wasm_runtime, (size_t)conf->module->index, &req, &resp);
     clock_gettime(CLOCK_MONOTONIC, &ended);
+    run_us = (long)(ended.tv_sec - started.tv_sec) * 1000000L
+             + (ended.tv_nsec - started.tv_nsec) / 1000;
     /* For the access log: %{wasm-run-us}n is the guest's share of %D
      * (monotonic: a clock step must not make it negative). */
     apr_table_setn(r->notes, WASM_RUN_NOTE,
-                   apr_psprintf(r->pool, "%ld",
-                                (long)(ended.tv_sec - started.tv_sec) * 1000000L
-                                + (ended.tv_nsec - started.tv_nsec) / 1000));
+                   apr_psprintf(r->pool, "%ld", run_us));
+    /* Counted when the request is logged, its status final. */
+    wasm_metrics_note(r, conf->module,
+                      resp ? resp->code : WASM_RT_E_INTERNAL,
+                      (apr_uint64_t)(run_us > 0 ? run_us : 0), io->bytes_in);
     if (!resp) {
         return HTTP_INTERNAL_SERVER_ERROR;
     }

@@ -190,6 +190,8 @@ static const char *wasm_cmd_module(cmd_parms *cmd, void *dconf,
     conf->module->trap_unknown = conf->trap_unknown == 1;
     conf->module->defined_at = wasm_where(cmd);
     conf->module->index = -1;
+    conf->module->section = cmd->path;
+    conf->module->metrics = -1;
     APR_ARRAY_PUSH(wasm_uses, wasm_module_use *) = conf->module;
     conf->location = wasm_enclosing_location(cmd);
     return NULL;

@@ -4,8 +4,9 @@
 
 #include "mod_wasm.h"
 
-/* SetHandler wasm-status: this child's slots, requests and heap, as
- * "Key: value" lines (the runtime writes them). */
+/* SetHandler wasm-status: this child's slots, requests and heap, then the
+ * whole server's children and modules (the metrics table), as "Key: value"
+ * lines; ?json: the server-wide figures as JSON. The runtime writes both. */
 int wasm_status_handler(request_rec *r)
 {
     char *text = NULL, *error = NULL;
@@ -35,6 +36,12 @@ int wasm_status_handler(request_rec *r)
         wasm_log_no_runtime(r, "wasm-status");
         return HTTP_SERVICE_UNAVAILABLE;
     }
+    /* ?json: the server-wide figures as one object. */
+    if (r->args && strcmp(r->args, "json") == 0) {
+        ap_set_content_type(r, "application/json");
+        apr_table_setn(r->headers_out, "Cache-Control", "no-store");
+        return wasm_metrics_write(r, WASM_RT_METRICS_JSON);
+    }
     if (wasm_rt_status(wasm_runtime, &text, &error) != WASM_RT_OK) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, WASMLOGNO(00047)
                       "wasm-status: %s", error ? error : "failed");
@@ -47,6 +54,8 @@ int wasm_status_handler(request_rec *r)
         ap_rputs(text, r);
     }
     wasm_rt_string_free(text);
+    /* Then the whole server's, from the metrics table. */
+    wasm_metrics_write(r, WASM_RT_METRICS_TEXT);
     return OK;
 }
 

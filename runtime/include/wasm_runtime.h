@@ -162,7 +162,7 @@ const char *wasm_rt_version(void);
  * whose wasm_rt_abi_version() differs from the WASM_RT_ABI_VERSION it was
  * compiled with (a mismatched pair would misread arguments, not fail).
  */
-#define WASM_RT_ABI_VERSION 8
+#define WASM_RT_ABI_VERSION 9
 uint32_t wasm_rt_abi_version(void);
 
 /*
@@ -343,6 +343,73 @@ int32_t wasm_rt_run(const wasm_rt_runtime *rt, size_t module,
 
 /* Releases a response and the output it points to. */
 void wasm_rt_response_free(wasm_rt_response *resp);
+
+/*
+ * The server-wide metrics table: one block of shared memory the parent
+ * creates (anonymous, zeroed, kept across graceful restarts) and lays out
+ * with wasm_rt_metrics_create; wasm_rt_metrics_bind gives each configured
+ * module an entry at every (re)start; each child joins it with
+ * wasm_rt_metrics_open and counts every request with
+ * wasm_rt_metrics_record, with atomics, no lock; any process reads it with
+ * wasm_rt_metrics_render.
+ */
+typedef struct wasm_rt_metrics wasm_rt_metrics;
+
+/* What identifies a module's entry: its section and its file. */
+typedef struct wasm_rt_metrics_key {
+    const char *location;           /* the <Location> (or other section) */
+    const char *file;               /* the module's path */
+} wasm_rt_metrics_key;
+
+/* The forms wasm_rt_metrics_render writes. */
+typedef enum wasm_rt_metrics_format {
+    WASM_RT_METRICS_TEXT = 0,       /* "Key: value" lines (wasm-status) */
+    WASM_RT_METRICS_JSON = 1,       /* one JSON object (wasm-status?json) */
+    WASM_RT_METRICS_PROMETHEUS = 2, /* the Prometheus text format */
+    WASM_RT_METRICS_STATUS_HTML = 3,/* a section of mod_status's page */
+    WASM_RT_METRICS_STATUS_AUTO = 4 /* mod_status ?auto lines */
+} wasm_rt_metrics_format;
+
+/* The bytes of a table for `modules` modules and `children` children. */
+size_t wasm_rt_metrics_size(uint32_t modules, uint32_t children);
+
+/* Lays a table out in `len` zeroed, 8-byte aligned bytes at `base`. */
+int32_t wasm_rt_metrics_create(void *base, size_t len, uint32_t modules,
+                               uint32_t children, char **error);
+
+/* The module entries of the table at `base`; 0 when it holds none. */
+uint32_t wasm_rt_metrics_capacity(const void *base, size_t len);
+
+/* Starts a new generation and stores in entries[i] the entry of keys[i]
+ * (the one it had before, whose counters it keeps, or a new one; -1 when
+ * the table is full). The parent only, between generations. */
+int32_t wasm_rt_metrics_bind(void *base, size_t len,
+                             const wasm_rt_metrics_key *keys, size_t n,
+                             int32_t *entries, char **error);
+
+/* Joins the table as process `pid`; the table stays mapped as long as the
+ * handle lives. */
+int32_t wasm_rt_metrics_open(const void *base, size_t len, uint64_t pid,
+                             wasm_rt_metrics **out, char **error);
+
+/* Leaves the table and frees the handle. */
+void wasm_rt_metrics_close(wasm_rt_metrics *m);
+
+/* Counts one finished request of entry `entry` (-1: none), which ended
+ * with runtime code `code` and went out with HTTP `status`, after
+ * `run_us` in the runtime, and publishes this child's pool (from `rt`,
+ * NULL: not). Returns the outcome's name (static storage), NULL when `m`
+ * is NULL. */
+const char *wasm_rt_metrics_record(const wasm_rt_metrics *m,
+                                   const wasm_rt_runtime *rt, int32_t entry,
+                                   int32_t code, int32_t status,
+                                   uint64_t run_us, uint64_t bytes_in,
+                                   uint64_t bytes_out);
+
+/* The table at `base` as `format` (a wasm_rt_metrics_format), in `*out`
+ * (release with wasm_rt_string_free). */
+int32_t wasm_rt_metrics_render(const void *base, size_t len, int32_t format,
+                               char **out, char **error);
 
 #ifdef __cplusplus
 }

@@ -95,6 +95,11 @@ impl Code {
         Code::FileLimit,
         Code::Aborted,
     ];
+
+    /// The code whose ABI value is `v`.
+    pub fn from_i32(v: i32) -> Option<Code> {
+        Code::ALL.into_iter().find(|c| *c as i32 == v)
+    }
 }
 
 /// An error with its class and a message fit for an operator's error log.

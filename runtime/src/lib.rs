@@ -26,6 +26,7 @@ pub mod ffi;
 pub mod forked;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod outcome;
 pub mod pipe;
 pub mod runtime;

@@ -67,7 +67,7 @@ fn abi_version_matches() {
 /// The interface when `WASM_RT_ABI_VERSION` was last decided: the version
 /// and the first 16 hex digits of the SHA-256 of the header without
 /// comments, whitespace collapsed.
-const DECIDED: (u32, &str) = (8, "ef230f91c69112b1");
+const DECIDED: (u32, &str) = (9, "f634597de297e9d6");
 
 #[test]
 fn a_changed_interface_gets_a_decided_version() {
@@ -159,6 +159,45 @@ fn prototypes_match() {
         (
             "int32_t wasm_rt_outbound_check(const char *pattern, char **error);",
             wasm_rt_outbound_check as unsafe extern "C" fn(*const c_char, *mut *mut c_char) -> i32 as usize,
+        ),
+        (
+            "size_t wasm_rt_metrics_size(uint32_t modules, uint32_t children);",
+            wasm_rt_metrics_size as extern "C" fn(u32, u32) -> usize as usize,
+        ),
+        (
+            "int32_t wasm_rt_metrics_create(void *base, size_t len, uint32_t modules, uint32_t children, char **error);",
+            wasm_rt_metrics_create as unsafe extern "C" fn(*mut u8, usize, u32, u32, *mut *mut c_char) -> i32 as usize,
+        ),
+        (
+            "uint32_t wasm_rt_metrics_capacity(const void *base, size_t len);",
+            wasm_rt_metrics_capacity as unsafe extern "C" fn(*const u8, usize) -> u32 as usize,
+        ),
+        (
+            "int32_t wasm_rt_metrics_bind(void *base, size_t len, const wasm_rt_metrics_key *keys, size_t n, int32_t *entries, char **error);",
+            wasm_rt_metrics_bind
+                as unsafe extern "C" fn(*mut u8, usize, *const wasm_rt_metrics_key, usize, *mut i32, *mut *mut c_char) -> i32
+                as usize,
+        ),
+        (
+            "int32_t wasm_rt_metrics_open(const void *base, size_t len, uint64_t pid, wasm_rt_metrics **out, char **error);",
+            wasm_rt_metrics_open
+                as unsafe extern "C" fn(*const u8, usize, u64, *mut *mut wasm_rt_metrics, *mut *mut c_char) -> i32
+                as usize,
+        ),
+        (
+            "void wasm_rt_metrics_close(wasm_rt_metrics *m);",
+            wasm_rt_metrics_close as unsafe extern "C" fn(*mut wasm_rt_metrics) as usize,
+        ),
+        (
+            "const char *wasm_rt_metrics_record(const wasm_rt_metrics *m, const wasm_rt_runtime *rt, int32_t entry, int32_t code, int32_t status, uint64_t run_us, uint64_t bytes_in, uint64_t bytes_out);",
+            wasm_rt_metrics_record
+                as unsafe extern "C" fn(*const wasm_rt_metrics, *const wasm_rt_runtime, i32, i32, i32, u64, u64, u64) -> *const c_char
+                as usize,
+        ),
+        (
+            "int32_t wasm_rt_metrics_render(const void *base, size_t len, int32_t format, char **out, char **error);",
+            wasm_rt_metrics_render
+                as unsafe extern "C" fn(*const u8, usize, i32, *mut *mut c_char, *mut *mut c_char) -> i32 as usize,
         ),
         ("void wasm_rt_response_free(wasm_rt_response *resp);", wasm_rt_response_free as unsafe extern "C" fn(*mut wasm_rt_response) as usize),
     ];
@@ -269,6 +308,7 @@ const FIELDS: &[(&str, &[&str])] = &[
         ],
     ),
     ("wasm_rt_module_info", &["kind", "reads_env"]),
+    ("wasm_rt_metrics_key", &["location", "file"]),
     ("wasm_rt_chunk", &["data", "len"]),
     ("wasm_rt_field", &["name", "name_len", "value", "value_len"]),
     (
@@ -385,6 +425,7 @@ fn struct_layouts_match() {
         keep_resident
     );
     rust_layout!(rust, wasm_rt_module_info, kind, reads_env);
+    rust_layout!(rust, wasm_rt_metrics_key, location, file);
     rust_layout!(rust, wasm_rt_chunk, data, len);
     rust_layout!(rust, wasm_rt_field, name, name_len, value, value_len);
     rust_layout!(
@@ -514,4 +555,14 @@ fn kinds_match() {
         assert!(h.contains(&decl), "header lacks `{decl}`");
     }
     assert_eq!(h.matches("WASM_RT_KIND_").count(), KINDS.len());
+}
+
+#[test]
+fn metrics_formats_match() {
+    let h = header();
+    for (i, (name, _)) in FORMATS.iter().enumerate() {
+        let decl = format!("{name} = {i}");
+        assert!(h.contains(&decl), "header lacks `{decl}`");
+    }
+    assert_eq!(h.matches("WASM_RT_METRICS_").count(), FORMATS.len());
 }

@@ -11,9 +11,11 @@
 
 mod cgi;
 mod http;
+mod metrics;
 mod run;
 mod setup;
 
+pub use metrics::*;
 pub use run::*;
 pub use setup::*;
 
@@ -133,7 +135,7 @@ pub extern "C" fn wasm_rt_version() -> *const c_char {
 
 /// The version of the C interface (`WASM_RT_ABI_VERSION` in the header):
 /// bump it with any change to a prototype or a `#[repr(C)]` struct.
-pub const ABI_VERSION: u32 = 8;
+pub const ABI_VERSION: u32 = 9;
 
 /// The version of the C interface this library implements.
 #[no_mangle]
