@@ -555,6 +555,7 @@ int wasm_handler(request_rec *r)
     rec = &APR_ARRAY_IDX(wasm_modules, conf->module->index, wasm_module_rec);
     module_path = rec->path;
     if (!wasm_runtime) {
+        wasm_metrics_note(r, conf->module, WASM_RT_E_INTERNAL, 0, 0);
         wasm_log_no_runtime(r, module_path);
         return HTTP_SERVICE_UNAVAILABLE;
     }
@@ -564,6 +565,9 @@ int wasm_handler(request_rec *r)
         return DECLINED;
     }
 
+    /* A request refused before the guest runs (404, 413, a bad argument)
+     * is counted too, as an error; the run's outcome replaces this. */
+    wasm_metrics_note(r, conf->module, WASM_RT_E_INVALID_ARGUMENT, 0, 0);
     /* As mod_cgi: a file served by a module takes no PATH_INFO where
      * AcceptPathInfo Off says so (a <Location>'s module splits its own). */
     if (!conf->location && r->used_path_info == AP_REQ_REJECT_PATH_INFO

@@ -21,12 +21,13 @@
 
 typedef struct {
     apr_shm_t *shm;
+    uint32_t modules, children;     /* the sizes it was made with: never
+                                     * read back from the shared memory */
 } wasm_metrics_shm;
 
 /* This generation's table, mapped in the parent and inherited by every
- * child; NULL when none could be made. */
-static void *metrics_base;
-static apr_size_t metrics_len;
+ * child; base NULL when none could be made. */
+static wasm_rt_metrics_shm metrics;
 /* This child's place in it. */
 static wasm_rt_metrics *metrics_child;
 
@@ -52,22 +53,24 @@ static int wasm_metrics_table(apr_pool_t *global, server_rec *s,
     char *error = NULL;
     apr_status_t rv;
 
+    if (need == 0) {
+        return DECLINED;
+    }
     apr_pool_userdata_get((void **)&held, WASM_METRICS_KEY, global);
     if (held && held->shm) {
-        void *base = apr_shm_baseaddr_get(held->shm);
-        apr_size_t len = apr_shm_size_get(held->shm);
-
-        if (wasm_rt_metrics_capacity(base, len) >= modules
-            && len >= need) {
-            metrics_base = base;
-            metrics_len = len;
+        if (held->modules >= modules && held->children >= children) {
+            metrics.base = apr_shm_baseaddr_get(held->shm);
+            metrics.len = apr_shm_size_get(held->shm);
+            metrics.modules = held->modules;
+            metrics.children = held->children;
             return OK;
         }
         /* The children of the last generation keep their own mapping of
          * the old table until they exit. */
         ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, WASMLOGNO(00070)
-                     "the metrics table grows to %u modules: its counters "
-                     "start again", (unsigned)modules);
+                     "the metrics table grows to %u modules and %u "
+                     "children: its counters start again", (unsigned)modules,
+                     (unsigned)children);
         apr_shm_destroy(held->shm);
         held->shm = NULL;
     }
@@ -86,17 +89,18 @@ static int wasm_metrics_table(apr_pool_t *global, server_rec *s,
                      "server-wide counters are off", need);
         return DECLINED;
     }
-    metrics_base = apr_shm_baseaddr_get(held->shm);
-    metrics_len = apr_shm_size_get(held->shm);
-    if (wasm_rt_metrics_create(metrics_base, metrics_len, modules, children,
-                               &error) != WASM_RT_OK) {
+    metrics.base = apr_shm_baseaddr_get(held->shm);
+    metrics.len = apr_shm_size_get(held->shm);
+    metrics.modules = held->modules = modules;
+    metrics.children = held->children = children;
+    if (wasm_rt_metrics_create(&metrics, &error) != WASM_RT_OK) {
         ap_log_error(APLOG_MARK, APLOG_ERR, 0, s, WASMLOGNO(00072)
                      "cannot lay out the metrics table: %s",
                      error ? error : "failed");
         wasm_rt_string_free(error);
         apr_shm_destroy(held->shm);
         held->shm = NULL;
-        metrics_base = NULL;
+        metrics.base = NULL;
         return DECLINED;
     }
     return OK;
@@ -111,8 +115,7 @@ void wasm_metrics_post_config(apr_pool_t *ptemp, server_rec *s)
                        ? (uint32_t)n * 2 : WASM_METRICS_MIN_MODULES;
     char *error = NULL;
 
-    metrics_base = NULL;
-    metrics_len = 0;
+    memset(&metrics, 0, sizeof(metrics));
     /* Children of the old generation stay while the new ones start. */
     if (ap_mpm_query(AP_MPMQ_HARD_LIMIT_DAEMONS, &limit) != APR_SUCCESS
         || limit < 1) {
@@ -130,13 +133,13 @@ void wasm_metrics_post_config(apr_pool_t *ptemp, server_rec *s)
         keys[i].location = wasm_metrics_location(use);
         keys[i].file = use->path;
     }
-    if (wasm_rt_metrics_bind(metrics_base, metrics_len, keys, n, entries,
-                             &error) != WASM_RT_OK) {
+    if (wasm_rt_metrics_bind(&metrics, keys, n, entries, &error)
+            != WASM_RT_OK) {
         ap_log_error(APLOG_MARK, APLOG_ERR, 0, s, WASMLOGNO(00073)
                      "cannot bind the modules to the metrics table: %s",
                      error ? error : "failed");
         wasm_rt_string_free(error);
-        metrics_base = NULL;
+        metrics.base = NULL;
         return;
     }
     for (i = 0; i < n; i++) {
@@ -156,11 +159,11 @@ void wasm_metrics_child_init(apr_pool_t *pchild, server_rec *s)
     char *error = NULL;
 
     metrics_child = NULL;
-    if (!metrics_base) {
+    if (!metrics.base) {
         return;
     }
-    if (wasm_rt_metrics_open(metrics_base, metrics_len, (uint64_t)getpid(),
-                             &metrics_child, &error) != WASM_RT_OK) {
+    if (wasm_rt_metrics_open(&metrics, (uint64_t)getpid(), &metrics_child,
+                             &error) != WASM_RT_OK) {
         ap_log_error(APLOG_MARK, APLOG_ERR, 0, s, WASMLOGNO(00074)
                      "this child cannot join the metrics table: %s",
                      error ? error : "failed");
@@ -223,11 +226,11 @@ static char *wasm_metrics_text(request_rec *r, int32_t format)
 {
     char *out = NULL, *error = NULL;
 
-    if (!metrics_base) {
+    if (!metrics.base) {
         return NULL;
     }
-    if (wasm_rt_metrics_render(metrics_base, metrics_len, format, &out,
-                               &error) != WASM_RT_OK) {
+    if (wasm_rt_metrics_render(&metrics, format, &out, &error)
+            != WASM_RT_OK) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, WASMLOGNO(00075)
                       "cannot read the metrics table: %s",
                       error ? error : "failed");

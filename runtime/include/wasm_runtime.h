@@ -355,6 +355,16 @@ void wasm_rt_response_free(wasm_rt_response *resp);
  */
 typedef struct wasm_rt_metrics wasm_rt_metrics;
 
+/* Where the table is and the sizes it was made with, kept by the caller
+ * (in its own memory, never read back from the shared one, which any
+ * child can write): a table whose header does not match them is refused. */
+typedef struct wasm_rt_metrics_shm {
+    void *base;                     /* zeroed and 8-byte aligned when made */
+    size_t len;                     /* bytes */
+    uint32_t modules;               /* module entries */
+    uint32_t children;              /* child entries */
+} wasm_rt_metrics_shm;
+
 /* What identifies a module's entry: its section and its file. */
 typedef struct wasm_rt_metrics_key {
     const char *location;           /* the <Location> (or other section) */
@@ -370,26 +380,24 @@ typedef enum wasm_rt_metrics_format {
     WASM_RT_METRICS_STATUS_AUTO = 4 /* mod_status ?auto lines */
 } wasm_rt_metrics_format;
 
-/* The bytes of a table for `modules` modules and `children` children. */
+/* The bytes of a table for `modules` modules and `children` children; 0
+ * when no address space holds that many. */
 size_t wasm_rt_metrics_size(uint32_t modules, uint32_t children);
 
-/* Lays a table out in `len` zeroed, 8-byte aligned bytes at `base`. */
-int32_t wasm_rt_metrics_create(void *base, size_t len, uint32_t modules,
-                               uint32_t children, char **error);
-
-/* The module entries of the table at `base`; 0 when it holds none. */
-uint32_t wasm_rt_metrics_capacity(const void *base, size_t len);
+/* Lays a table out in the zeroed memory `shm` describes. */
+int32_t wasm_rt_metrics_create(const wasm_rt_metrics_shm *shm, char **error);
 
 /* Starts a new generation and stores in entries[i] the entry of keys[i]
  * (the one it had before, whose counters it keeps, or a new one; -1 when
- * the table is full). The parent only, between generations. */
-int32_t wasm_rt_metrics_bind(void *base, size_t len,
+ * no entry is free: those of the last generation never are). The parent
+ * only, between generations. */
+int32_t wasm_rt_metrics_bind(const wasm_rt_metrics_shm *shm,
                              const wasm_rt_metrics_key *keys, size_t n,
                              int32_t *entries, char **error);
 
 /* Joins the table as process `pid`; the table stays mapped as long as the
  * handle lives. */
-int32_t wasm_rt_metrics_open(const void *base, size_t len, uint64_t pid,
+int32_t wasm_rt_metrics_open(const wasm_rt_metrics_shm *shm, uint64_t pid,
                              wasm_rt_metrics **out, char **error);
 
 /* Leaves the table and frees the handle. */
@@ -406,9 +414,9 @@ const char *wasm_rt_metrics_record(const wasm_rt_metrics *m,
                                    uint64_t run_us, uint64_t bytes_in,
                                    uint64_t bytes_out);
 
-/* The table at `base` as `format` (a wasm_rt_metrics_format), in `*out`
- * (release with wasm_rt_string_free). */
-int32_t wasm_rt_metrics_render(const void *base, size_t len, int32_t format,
+/* The table as `format` (a wasm_rt_metrics_format), in `*out` (release
+ * with wasm_rt_string_free). */
+int32_t wasm_rt_metrics_render(const wasm_rt_metrics_shm *shm, int32_t format,
                                char **out, char **error);
 
 #ifdef __cplusplus

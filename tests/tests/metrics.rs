@@ -16,6 +16,8 @@ fn site(extra: &str) -> String {
          <Location /fault>\n  SetHandler wasm-handler\n  WasmModule @GUESTS@/fault.wasm\n\
          \x20 WasmTimeout 1\n</Location>\n\
          <Location /echo>\n  SetHandler wasm-handler\n  WasmModule @GUESTS@/echo.wasm\n</Location>\n\
+         <Location /small>\n  SetHandler wasm-handler\n  WasmModule @GUESTS@/echo.wasm\n\
+         \x20 LimitRequestBody 10\n</Location>\n\
          <Location /wasm-metrics>\n  SetHandler wasm-metrics\n</Location>\n\
          <Location /wasm-status>\n  SetHandler wasm-status\n</Location>\n\
          <Location /server-status>\n  SetHandler server-status\n</Location>\n{extra}"
@@ -130,6 +132,13 @@ fn request_body_bytes_and_the_access_log_s_outcome_are_recorded() {
         .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(get(s.port, "/fault?trap").status, 500);
+    // Refused before the guest runs: counted, as an error.
+    let r = e2e::http::Request::new("POST", "/small")
+        .body(vec![b'x'; 100])
+        .send(s.port)
+        .unwrap();
+    assert_eq!(r.status, 413);
+    wait_for(&s, &requests("/small", "echo.wasm", "error"), 1.0);
     wait_for(&s, &requests("/fault", "fault.wasm", "trap"), 1.0);
     let text = wait_for(&s, &requests("/echo", "echo.wasm", "ok"), 1.0);
     let l = "location=\"/echo\",module=\"echo.wasm\"";

@@ -17,6 +17,21 @@ pub struct wasm_rt_metrics {
     pid: u64,
 }
 
+/// See `wasm_rt_metrics_shm` in the header: where the table is, and the
+/// sizes it was made with (kept by the caller, never read back from the
+/// shared memory).
+#[repr(C)]
+pub struct wasm_rt_metrics_shm {
+    /// Its first byte.
+    pub base: *mut u8,
+    /// Its length, bytes.
+    pub len: usize,
+    /// Module entries.
+    pub modules: u32,
+    /// Child entries.
+    pub children: u32,
+}
+
 /// See `wasm_rt_metrics_key` in the header.
 #[repr(C)]
 pub struct wasm_rt_metrics_key {
@@ -41,40 +56,53 @@ fn alive(pid: u64) -> bool {
         return false;
     };
     // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
+    let sent = unsafe { libc::kill(pid, 0) };
+    sent == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// The table at `base`, or why there is none.
-unsafe fn open(base: *const u8, len: usize) -> Result<Table> {
-    unsafe { Table::open(base, len) }.ok_or_else(|| {
+/// The table `shm` describes, or why there is none.
+unsafe fn attach(shm: *const wasm_rt_metrics_shm) -> Result<Table> {
+    let Some(shm) = (unsafe { shm.as_ref() }) else {
+        return Err(Error::new(Code::InvalidArgument, "shm is NULL"));
+    };
+    unsafe {
+        Table::attach(
+            shm.base,
+            shm.len,
+            shm.modules as usize,
+            shm.children as usize,
+        )
+    }
+    .ok_or_else(|| {
         Error::new(
             Code::InvalidArgument,
-            "the shared memory holds no metrics table of this version",
+            "the shared memory holds no metrics table of these sizes and this version",
         )
     })
 }
 
 /// The bytes of a table with room for `modules` modules and `children`
-/// children.
+/// children; 0 when that is more than an address space holds.
 #[no_mangle]
 pub extern "C" fn wasm_rt_metrics_size(modules: u32, children: u32) -> usize {
-    crate::metrics::size(modules as usize, children as usize)
+    crate::metrics::size(modules as usize, children as usize).unwrap_or(0)
 }
 
-/// Lays a table out in `len` zeroed bytes at `base`.
+/// Lays a table out in the zeroed memory `shm` describes.
 ///
 /// # Safety
-/// `base` is valid for `len` bytes, zeroed, 8-byte aligned; `error` NULL or
-/// valid for a write.
+/// `shm` is NULL or valid, its memory zeroed; `error` NULL or valid for a
+/// write.
 #[no_mangle]
 pub unsafe extern "C" fn wasm_rt_metrics_create(
-    base: *mut u8,
-    len: usize,
-    modules: u32,
-    children: u32,
+    shm: *const wasm_rt_metrics_shm,
     error: *mut *mut c_char,
 ) -> i32 {
     let r = guard("wasm_rt_metrics_create", || {
+        let Some(shm) = (unsafe { shm.as_ref() }) else {
+            return Err(Error::new(Code::InvalidArgument, "shm is NULL"));
+        };
+        let (base, len, modules, children) = (shm.base, shm.len, shm.modules, shm.children);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -90,36 +118,21 @@ pub unsafe extern "C" fn wasm_rt_metrics_create(
     unsafe { report(r, error) }
 }
 
-/// Module entries of the table at `base` (0 when it is none).
-///
-/// # Safety
-/// `base` is NULL or valid for `len` bytes.
-#[no_mangle]
-pub unsafe extern "C" fn wasm_rt_metrics_capacity(base: *const u8, len: usize) -> u32 {
-    let mut n = 0;
-    let _ = guard("wasm_rt_metrics_capacity", || {
-        n = unsafe { Table::open(base, len) }.map_or(0, |t| t.module_capacity() as u32);
-        Ok(())
-    });
-    n
-}
-
 /// Starts a new generation and binds the `n` modules of `keys` to entries,
 /// written to `entries` (-1 where the table is full).
 ///
 /// # Safety
-/// `base` valid for `len` bytes; `keys` and `entries` valid for `n`.
+/// `shm` NULL or valid; `keys` and `entries` valid for `n`.
 #[no_mangle]
 pub unsafe extern "C" fn wasm_rt_metrics_bind(
-    base: *mut u8,
-    len: usize,
+    shm: *const wasm_rt_metrics_shm,
     keys: *const wasm_rt_metrics_key,
     n: usize,
     entries: *mut i32,
     error: *mut *mut c_char,
 ) -> i32 {
     let r = guard("wasm_rt_metrics_bind", || {
-        let table = unsafe { open(base, len) }?;
+        let table = unsafe { attach(shm) }?;
         let keys = unsafe { c_array(keys, n, "keys") }?;
         if entries.is_null() && n > 0 {
             return Err(Error::new(Code::InvalidArgument, "entries is NULL"));
@@ -145,15 +158,14 @@ pub unsafe extern "C" fn wasm_rt_metrics_bind(
     unsafe { report(r, error) }
 }
 
-/// Joins the table at `base` as process `pid`.
+/// Joins the table `shm` describes as process `pid`.
 ///
 /// # Safety
-/// `base` valid for `len` bytes for as long as the handle lives; `out` and
-/// `error` NULL or valid for a write.
+/// `shm` NULL or valid, its memory mapped for as long as the handle lives;
+/// `out` and `error` NULL or valid for a write.
 #[no_mangle]
 pub unsafe extern "C" fn wasm_rt_metrics_open(
-    base: *const u8,
-    len: usize,
+    shm: *const wasm_rt_metrics_shm,
     pid: u64,
     out: *mut *mut wasm_rt_metrics,
     error: *mut *mut c_char,
@@ -162,7 +174,7 @@ pub unsafe extern "C" fn wasm_rt_metrics_open(
         if out.is_null() {
             return Err(Error::new(Code::InvalidArgument, "out is NULL"));
         }
-        let table = unsafe { open(base, len) }?;
+        let table = unsafe { attach(shm) }?;
         // A child of a full table still counts requests, unseen as a child.
         let child = table.join(pid, table.generation(), alive);
         unsafe { *out = Box::into_raw(Box::new(wasm_rt_metrics { table, child, pid })) };
@@ -236,15 +248,13 @@ pub unsafe extern "C" fn wasm_rt_metrics_record(
     name
 }
 
-/// The table at `base` in form `format` (a `wasm_rt_metrics_format`).
+/// The table `shm` describes in form `format` (a `wasm_rt_metrics_format`).
 ///
 /// # Safety
-/// `base` valid for `len` bytes; `out` and `error` NULL or valid for a
-/// write.
+/// `shm` NULL or valid; `out` and `error` NULL or valid for a write.
 #[no_mangle]
 pub unsafe extern "C" fn wasm_rt_metrics_render(
-    base: *const u8,
-    len: usize,
+    shm: *const wasm_rt_metrics_shm,
     format: i32,
     out: *mut *mut c_char,
     error: *mut *mut c_char,
@@ -253,7 +263,7 @@ pub unsafe extern "C" fn wasm_rt_metrics_render(
         if out.is_null() {
             return Err(Error::new(Code::InvalidArgument, "out is NULL"));
         }
-        let table = unsafe { open(base, len) }?;
+        let table = unsafe { attach(shm) }?;
         let format = usize::try_from(format)
             .ok()
             .and_then(|i| FORMATS.get(i))

@@ -158,11 +158,25 @@ fn label(s: &str) -> String {
 }
 
 fn prometheus(snap: &Snapshot, out: &mut String) {
+    // The file's name, or its whole path where two modules of the same
+    // location share a name (two virtual hosts): a series must be unique.
+    let module = |m: &'_ ModuleCounts| -> String {
+        let shared = snap
+            .modules
+            .iter()
+            .filter(|o| o.location == m.location && base_name(&o.file) == base_name(&m.file))
+            .count()
+            > 1;
+        match shared {
+            true => m.file.clone(),
+            false => base_name(&m.file).to_string(),
+        }
+    };
     let labels = |m: &ModuleCounts| {
         format!(
             "location=\"{}\",module=\"{}\"",
             label(&m.location),
-            label(base_name(&m.file))
+            label(&module(m))
         )
     };
     let family = |out: &mut String, name: &str, kind: &str, help: &str| {

@@ -117,9 +117,13 @@ pub struct ChildCounts {
 }
 
 /// The size of a table for `modules` module entries and `children` child
-/// entries, bytes.
-pub fn size(modules: usize, children: usize) -> usize {
-    (HEADER_WORDS + modules * MODULE_WORDS + children * CHILD_WORDS) * WORD
+/// entries, bytes; `None` when it would not fit in an address space.
+pub fn size(modules: usize, children: usize) -> Option<usize> {
+    modules
+        .checked_mul(MODULE_WORDS)?
+        .checked_add(children.checked_mul(CHILD_WORDS)?)?
+        .checked_add(HEADER_WORDS)?
+        .checked_mul(WORD)
 }
 
 /// A 64-bit FNV-1a hash of `parts`, each ended by a zero byte; never 0
@@ -151,7 +155,10 @@ impl Table {
         children: usize,
         now: u64,
     ) -> Option<Table> {
-        if base.is_null() || base.align_offset(WORD) != 0 || len < size(modules, children) {
+        if base.is_null()
+            || base.align_offset(WORD) != 0
+            || size(modules, children).is_none_or(|need| len < need)
+        {
             return None;
         }
         let t = Table {
@@ -167,31 +174,37 @@ impl Table {
         Some(t)
     }
 
-    /// The table laid out at `base` by [`Table::create`] (in this process
-    /// or in the one it was inherited from), if it is one.
+    /// The table laid out at `base` by [`Table::create`] with room for
+    /// `modules` and `children` (in this process or in the one it was
+    /// inherited from), if it is one. The sizes come from the caller, never
+    /// from the shared memory, which any child could have overwritten: a
+    /// header that does not match them is refused.
     ///
     /// # Safety
     /// `base` is valid for `len` bytes, 8-byte aligned, and stays mapped
     /// for as long as the table is used.
-    pub unsafe fn open(base: *const u8, len: usize) -> Option<Table> {
-        if base.is_null() || base.align_offset(WORD) != 0 || len < HEADER_WORDS * WORD {
-            return None;
-        }
-        let words = base as *const AtomicU64;
-        // SAFETY: the header is within `len`, checked above.
-        let word = |i| unsafe { &*words.add(i) };
-        if word(H_MAGIC).load(Ordering::Acquire) != MAGIC
-            || word(H_VERSION).load(Ordering::Relaxed) != VERSION
+    pub unsafe fn attach(
+        base: *const u8,
+        len: usize,
+        modules: usize,
+        children: usize,
+    ) -> Option<Table> {
+        if base.is_null()
+            || base.align_offset(WORD) != 0
+            || size(modules, children).is_none_or(|need| len < need)
         {
             return None;
         }
-        let modules = usize::try_from(word(H_MODULES).load(Ordering::Relaxed)).ok()?;
-        let children = usize::try_from(word(H_CHILDREN).load(Ordering::Relaxed)).ok()?;
-        (len >= size(modules, children)).then_some(Table {
-            words,
+        let t = Table {
+            words: base as *const AtomicU64,
             modules,
             children,
-        })
+        };
+        let matches = t.word(H_MAGIC).load(Ordering::Acquire) == MAGIC
+            && t.word(H_VERSION).load(Ordering::Relaxed) == VERSION
+            && t.word(H_MODULES).load(Ordering::Relaxed) == modules as u64
+            && t.word(H_CHILDREN).load(Ordering::Relaxed) == children as u64;
+        matches.then_some(t)
     }
 
     fn word(&self, i: usize) -> &AtomicU64 {
@@ -259,14 +272,18 @@ impl Table {
                 continue;
             }
             let taken = |e: usize| out.contains(&Some(e));
-            let free = (0..self.modules)
-                .find(|&e| self.module_word(e, M_BOUND).load(Ordering::Relaxed) == 0)
-                .or_else(|| {
-                    (0..self.modules).find(|&e| {
+            let bound = |e: usize| self.module_word(e, M_BOUND).load(Ordering::Relaxed);
+            // Else the entry unconfigured longest, but never one of the last
+            // generation: its children may still be counting into it.
+            let free = (0..self.modules).find(|&e| bound(e) == 0).or_else(|| {
+                (0..self.modules)
+                    .filter(|&e| {
                         !taken(e)
+                            && bound(e) + 1 < generation
                             && !keys.contains(&self.module_word(e, M_KEY).load(Ordering::Relaxed))
                     })
-                });
+                    .min_by_key(|&e| bound(e))
+            });
             if let Some(e) = free {
                 self.claim(e, generation, keys[i], modules[i].0, modules[i].1);
                 out[i] = Some(e);
@@ -356,7 +373,10 @@ impl Table {
     pub fn modules(&self) -> Vec<ModuleCounts> {
         let generation = self.generation();
         (0..self.modules)
-            .filter(|&e| self.module_word(e, M_BOUND).load(Ordering::Acquire) == generation)
+            .filter(|&e| {
+                generation != 0
+                    && self.module_word(e, M_BOUND).load(Ordering::Acquire) == generation
+            })
             .map(|e| {
                 let load = |i: usize| self.module_word(e, i).load(Ordering::Relaxed);
                 let location_len = (load(M_LOCATION_LEN) as usize).min(LOCATION_MAX);
@@ -385,7 +405,8 @@ impl Table {
         (0..self.children).find(|&c| {
             let w = self.child_word(c, C_PID);
             let held = w.load(Ordering::Acquire);
-            let free = held == 0 || (held != pid && !alive(held));
+            // Our own pid left behind by a child that died: ours now.
+            let free = held == 0 || held == pid || !alive(held);
             if !free
                 || w.compare_exchange(held, pid, Ordering::AcqRel, Ordering::Relaxed)
                     .is_err()

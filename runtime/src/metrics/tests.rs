@@ -3,7 +3,7 @@ use crate::error::Code;
 
 /// A zeroed, aligned block for a table of `modules` and `children`.
 fn block(modules: usize, children: usize) -> Vec<u64> {
-    vec![0u64; size(modules, children) / 8]
+    vec![0u64; size(modules, children).unwrap() / 8]
 }
 
 fn table(mem: &mut [u64], modules: usize, children: usize) -> Table {
@@ -26,12 +26,19 @@ fn a_block_too_small_or_not_a_table_is_refused() {
     let mut mem = block(2, 2);
     let len = mem.len() * 8;
     let p = mem.as_mut_ptr().cast::<u8>();
-    assert!(unsafe { Table::open(p, len) }.is_none(), "zeroed: no magic");
+    assert!(
+        unsafe { Table::attach(p, len, 2, 2) }.is_none(),
+        "zeroed: no magic"
+    );
     assert!(unsafe { Table::create(p, len - 8, 2, 2, 0) }.is_none());
     assert!(unsafe { Table::create(p, len, 2, 2, 0) }.is_some());
-    let opened = unsafe { Table::open(p, len) }.unwrap();
-    assert_eq!((opened.module_capacity(), opened.child_capacity()), (2, 2));
-    assert!(unsafe { Table::open(p, len - 8) }.is_none());
+    assert!(unsafe { Table::attach(p, len, 2, 2) }.is_some());
+    assert!(unsafe { Table::attach(p, len - 8, 2, 2) }.is_none());
+    // Sizes that do not match the header's are refused, whatever the
+    // header says: it is shared memory any child can write.
+    assert!(unsafe { Table::attach(p, len, 1, 2) }.is_none());
+    assert_eq!(size(usize::MAX / 8, 1), None);
+    assert!(unsafe { Table::create(p, len, usize::MAX / 1000, 2, 0) }.is_none());
 }
 
 #[test]
@@ -88,9 +95,13 @@ fn a_restart_keeps_the_counters_of_modules_still_configured() {
         .find(|m| m.location == "/d")
         .unwrap();
     assert_eq!(d.requests, 0);
-    // More modules than entries: the last has none, and is not counted.
+    // Entries of the last generation are never taken (its children may
+    // still count into them): new modules then go uncounted.
     let ids = t.bind(&[("/a", "a"), ("/b", "b"), ("/c", "c"), ("/d", "d")]);
-    assert_eq!(ids.iter().filter(|i| i.is_none()).count(), 1);
+    assert_eq!(ids, [None, None, None, None]);
+    // One generation later the oldest are free again.
+    let ids = t.bind(&[("/e", "e")]);
+    assert!(ids[0].is_some());
 }
 
 #[test]
@@ -208,4 +219,18 @@ fn json_and_text_carry_the_same_figures() {
     assert!(auto.contains("WasmRequests: 1\n"), "{auto}");
     let html = render(&snap, Format::StatusHtml);
     assert!(html.contains("<td>/a&quot;b</td>"), "{html}");
+}
+
+#[test]
+fn two_modules_of_one_name_in_one_location_get_series_of_their_own() {
+    let mut mem = block(2, 1);
+    let t = table(&mut mem, 2, 1);
+    t.bind(&[("/api", "/srv/a/app.wasm"), ("/api", "/srv/b/app.wasm")]);
+    let text = render(&snapshot(&t), Format::Prometheus);
+    for file in ["/srv/a/app.wasm", "/srv/b/app.wasm"] {
+        let series = format!(
+            "mod_wasm_requests_total{{location=\"/api\",module=\"{file}\",outcome=\"ok\"}} 0"
+        );
+        assert!(text.lines().any(|l| l == series), "{series}\n{text}");
+    }
 }
