@@ -140,6 +140,20 @@ fn key_of(parts: &[&str]) -> u64 {
 }
 
 impl Table {
+    /// A table of `modules` and `children` over `len` bytes at `base`, if
+    /// they fit and `base` is aligned; nothing read or written yet.
+    ///
+    /// # Safety
+    /// As [`Table::attach`].
+    unsafe fn over(base: *const u8, len: usize, modules: usize, children: usize) -> Option<Table> {
+        let fits = size(modules, children).is_some_and(|need| len >= need);
+        (!base.is_null() && base.align_offset(WORD) == 0 && fits).then_some(Table {
+            words: base as *const AtomicU64,
+            modules,
+            children,
+        })
+    }
+
     /// Lays a new table out over `len` bytes at `base` (zeroed by the
     /// caller, as a fresh shared mapping is), with room for `modules`
     /// modules and `children` children; `now` is the Unix time it starts
@@ -155,17 +169,7 @@ impl Table {
         children: usize,
         now: u64,
     ) -> Option<Table> {
-        if base.is_null()
-            || base.align_offset(WORD) != 0
-            || size(modules, children).is_none_or(|need| len < need)
-        {
-            return None;
-        }
-        let t = Table {
-            words: base as *const AtomicU64,
-            modules,
-            children,
-        };
+        let t = unsafe { Table::over(base, len, modules, children) }?;
         t.word(H_VERSION).store(VERSION, Ordering::Relaxed);
         t.word(H_MODULES).store(modules as u64, Ordering::Relaxed);
         t.word(H_CHILDREN).store(children as u64, Ordering::Relaxed);
@@ -189,17 +193,7 @@ impl Table {
         modules: usize,
         children: usize,
     ) -> Option<Table> {
-        if base.is_null()
-            || base.align_offset(WORD) != 0
-            || size(modules, children).is_none_or(|need| len < need)
-        {
-            return None;
-        }
-        let t = Table {
-            words: base as *const AtomicU64,
-            modules,
-            children,
-        };
+        let t = unsafe { Table::over(base, len, modules, children) }?;
         let matches = t.word(H_MAGIC).load(Ordering::Acquire) == MAGIC
             && t.word(H_VERSION).load(Ordering::Relaxed) == VERSION
             && t.word(H_MODULES).load(Ordering::Relaxed) == modules as u64
