@@ -144,14 +144,7 @@ def warm(app, requests):
                 "REMOTE_ADDR": "127.0.0.1",
                 "REMOTE_PORT": "0",
                 "HTTP_HOST": "localhost",
-                "wsgi.version": (1, 0),
-                "wsgi.url_scheme": "http",
-                "wsgi.input": io.BytesIO(body),
-                "wsgi.errors": sys.stderr,
-                "wsgi.multithread": False,
-                "wsgi.multiprocess": True,
-                "wsgi.run_once": False,
-                "wsgi.input_terminated": True,
+                **wsgi_keys("http", io.BytesIO(body)),
             }
             if len(parts) == 4:
                 environ["CONTENT_TYPE"] = parts[2]
@@ -236,6 +229,21 @@ def header_values(fields):
     }
 
 
+def wsgi_keys(scheme, wsgi_input):
+    """The wsgi.* keys of an environ: what this server is (one request at a
+    time per process) and where the body and errors go."""
+    return {
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scheme,
+        "wsgi.input": wsgi_input,
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+    }
+
+
 def build_environ(request, wsgi_input):
     headers = header_values(request.headers())
     scheme = scheme_name(request.scheme())
@@ -257,14 +265,7 @@ def build_environ(request, wsgi_input):
         "SERVER_PROTOCOL": "HTTP/1.1",
         "REMOTE_ADDR": remote_addr,
         "REMOTE_PORT": remote_port,
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": scheme,
-        "wsgi.input": wsgi_input,
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
-        "wsgi.input_terminated": True,
+        **wsgi_keys(scheme, wsgi_input),
     }
     for name, value in headers.items():
         key = name.upper().replace("-", "_")
