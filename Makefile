@@ -15,6 +15,7 @@ BUILD       := build
 PROFILE_DIR := target/release
 LIBEXECDIR  := $(shell $(APXS) -q LIBEXECDIR 2>/dev/null)
 SYSCONFDIR  ?= /etc/apache2
+BINDIR      ?= /usr/local/bin
 
 GUEST_SRC   := $(wildcard guests/*.c)
 GUESTS      := $(patsubst guests/%.c,$(BUILD)/guests/%.wasm,$(GUEST_SRC))
@@ -35,7 +36,7 @@ WSGI_DEPS     := python/mod_wasm_wsgi.py scripts/build-wsgi scripts/toolchain.sh
 
 .PHONY: all deps run stop test unit e2e install clean fmt lint bench
 
-all: $(BUILD)/mod_wasm.so $(GUESTS) $(INTERP) $(PY_COMPONENTS) $(PY3_COMPONENTS) $(C_COMPONENTS) $(JS_COMPONENTS) $(APPS)
+all: $(BUILD)/mod_wasm.so $(BUILD)/mod_wasm-precompile $(GUESTS) $(INTERP) $(PY_COMPONENTS) $(PY3_COMPONENTS) $(C_COMPONENTS) $(JS_COMPONENTS) $(APPS)
 
 # Interpreters come from PyPI, pinned and checksummed (never committed).
 $(INTERP): scripts/fetch-interpreters
@@ -52,6 +53,11 @@ $(BUILD)/libwasm_runtime.so: $(RUNTIME_SRC) Cargo.lock
 	@# A new file, not a rewrite in place: a running server (make run, a
 	@# perf script) maps this one, and rewriting it crashes its children.
 	install -m 644 $(PROFILE_DIR)/libwasm_runtime.so $@
+
+# Built by the same cargo run as the library, from the same crate: its cache
+# entries are the server's.
+$(BUILD)/mod_wasm-precompile: $(BUILD)/libwasm_runtime.so
+	install -m 755 -s $(PROFILE_DIR)/mod_wasm-precompile $@
 
 # The module finds libwasm_runtime.so next to itself ($ORIGIN): LoadModule
 # alone is enough, no LD_LIBRARY_PATH.
@@ -120,6 +126,8 @@ install: all
 	install -m 644 $(BUILD)/mod_wasm.so $(DESTDIR)$(LIBEXECDIR)/mod_wasm.so
 	sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|' conf/debian/wasm.load > $(DESTDIR)$(SYSCONFDIR)/mods-available/wasm.load
 	install -m 644 conf/debian/wasm.conf $(DESTDIR)$(SYSCONFDIR)/mods-available/wasm.conf
+	install -d $(DESTDIR)$(BINDIR)
+	install -m 755 $(BUILD)/mod_wasm-precompile $(DESTDIR)$(BINDIR)/mod_wasm-precompile
 
 bench: all
 	$(CARGO) bench -p mod_wasm_bench

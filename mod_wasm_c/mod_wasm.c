@@ -182,6 +182,40 @@ static int wasm_check_runtime(apr_pool_t *ptemp, server_rec *s)
     return HTTP_INTERNAL_SERVER_ERROR;
 }
 
+/* Writes `text` as hexadecimal: paths may hold any byte but a newline. */
+static void wasm_put_hex(apr_file_t *out, const char *text)
+{
+    for (; *text; text++) {
+        apr_file_printf(out, "%02x", (unsigned char)*text);
+    }
+}
+
+/* `apache2 -t -D MOD_WASM_PRECOMPILE_LIST`: what mod_wasm-precompile
+ * compiles, as Apache's own parser read the configuration (Includes,
+ * <IfDefine>, ServerRoot-relative paths), one line per fact on stdout. */
+static void wasm_precompile_list(void)
+{
+    apr_file_t *out;
+    int i;
+
+    if (apr_file_open_stdout(&out, wasm_modules->pool) != APR_SUCCESS) {
+        return;
+    }
+    apr_file_printf(out, "mod_wasm-precompile cache-dir ");
+    wasm_put_hex(out, wasm_cache_dir);
+    apr_file_printf(out, "\n");
+    for (i = 0; i < wasm_modules->nelts; i++) {
+        const wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, i,
+                                                  wasm_module_rec);
+        apr_file_printf(out, "mod_wasm-precompile module ");
+        wasm_put_hex(out, m->path);
+        apr_file_printf(out, " %d ", m->trap_unknown ? 1 : 0);
+        wasm_put_hex(out, m->defined_at);
+        apr_file_printf(out, "\n");
+    }
+    apr_file_flush(out);
+}
+
 /* Compiles every module into the cache and checks what a child will build
  * from them. Runs in each configuration pass, including `apachectl
  * configtest`, so a module that cannot run stops the server before it
@@ -196,6 +230,12 @@ static int wasm_check_config(apr_pool_t *pconf, apr_pool_t *plog,
         wasm_cache_dir = ap_runtime_dir_relative(pconf, "mod_wasm-cache");
     }
     wasm_modules_resolve();
+    if (ap_state_query(AP_SQ_RUN_MODE) == AP_SQ_RM_CONFIG_TEST
+        && ap_exists_config_define("MOD_WASM_PRECOMPILE_LIST")) {
+        /* The command compiles, with its own progress; not this pass. */
+        wasm_precompile_list();
+        return OK;
+    }
     /* Decided from every module before any is compiled: the setting is
      * part of each cache entry. A file that cannot be read is reported by
      * its compilation. */
@@ -265,7 +305,7 @@ static void wasm_prune_cache(apr_pool_t *ptemp, server_rec *s)
 static int wasm_post_config(apr_pool_t *pconf, apr_pool_t *plog,
                             apr_pool_t *ptemp, server_rec *s)
 {
-    int i;
+    int i, hits = 0, compiled = 0;
 
     /* The logs are open now: say what check_config did. */
     for (i = 0; i < wasm_modules->nelts; i++) {
@@ -273,6 +313,7 @@ static int wasm_post_config(apr_pool_t *pconf, apr_pool_t *plog,
         if (!m->cwasm) {
             continue;
         }
+        m->cache_hit ? hits++ : compiled++;
         if (m->replaced) {
             wasm_log_replaced(s, m, 0);
         }
@@ -285,6 +326,14 @@ static int wasm_post_config(apr_pool_t *pconf, apr_pool_t *plog,
                          "%s: compiled in %" APR_UINT64_T_FMT " ms into %s",
                          m->path, m->millis, m->cwasm);
         }
+    }
+    /* At notice, which every LogLevel logs: a fleet's servers should show
+     * that they started from the cache their image carries. */
+    if (hits + compiled > 0) {
+        ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, WASMLOGNO(00076)
+                     "WasmCacheDir %s: %d of %d modules loaded from the cache, "
+                     "%d compiled", wasm_cache_dir, hits, hits + compiled,
+                     compiled);
     }
     if (wasm_concurrency) {
         ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, WASMLOGNO(00068)

@@ -26,8 +26,8 @@ use wasmtime::component::Component;
 use wasmtime::{Engine, Module};
 
 use crate::cgi::host;
-use crate::digest::{self, Damage, Record};
-use crate::engine::{compile_engine, EngineOptions};
+use crate::digest::{self, Damage, Origin, Record};
+use crate::engine::{compile_engine, describe, difference, EngineOptions};
 use crate::error::{chain, Code, Error, Result};
 
 /// Suffix of cache entries.
@@ -139,6 +139,9 @@ pub struct Options {
     /// Link imports mod_wasm does not provide as functions that trap when
     /// called (`WasmTrapUnknownImports On`), instead of refusing the module.
     pub trap_unknown_imports: bool,
+    /// Only check that the cache holds a usable entry: a miss is an error
+    /// and nothing is written (`mod_wasm-precompile --check`).
+    pub check_only: bool,
 }
 
 /// [`precompile`] with explicit options.
@@ -151,31 +154,40 @@ pub fn precompile_with(wasm_path: &Path, cache_dir: &Path, opts: &Options) -> Re
         )
     })?;
     // A 0.3 component compiles only with the component model's concurrency.
-    let engine = compile_engine(EngineOptions {
+    let effective = EngineOptions {
         concurrency: opts.engine.concurrency || crate::http::needs_concurrency(&wasm),
         ..opts.engine
-    })?;
+    };
+    let engine = compile_engine(effective)?;
     let path = cache_dir.join(entry_name(&engine, wasm_path, &wasm));
+    let origin = Origin {
+        module: digest::sha256(&wasm),
+        engine: describe(effective),
+    };
     let (module, file, hit, replaced) = match load_cached(&engine, &path, is_component(&wasm)) {
         Ok((module, file)) => {
             touch(&path);
             (module, file, true, None)
         }
         Err(why) => {
-            let (module, file) = compile_into(&engine, wasm_path, &wasm, cache_dir, &path)
-                .map_err(|e| match &why {
-                    // A read-only directory: refuse by name rather than map
-                    // what is there.
-                    Some(why) if e.code == Code::Io => Error::new(
-                        e.code,
-                        format!(
-                            "cache entry {} cannot be used ({why}) and cannot be replaced: {}",
-                            path.display(),
-                            e.message
-                        ),
-                    ),
+            // Before compiling, which takes seconds for an interpreter: a
+            // cache that cannot take the entry is refused now, by name.
+            let refusal = if opts.check_only {
+                Err("nothing is written when only checking".to_owned())
+            } else {
+                writable(cache_dir)
+            };
+            if let Err(e) = refusal {
+                return Err(unwritable(cache_dir, &path, &origin, why.as_deref(), &e));
+            }
+            let (module, file) = compile_into(&engine, wasm_path, &wasm, &path, &origin).map_err(
+                |e| match &why {
+                    Some(_) if e.code == Code::Io => {
+                        unwritable(cache_dir, &path, &origin, why.as_deref(), &e.message)
+                    }
                     _ => e,
-                })?;
+                },
+            )?;
             (module, file, false, why)
         }
     };
@@ -241,9 +253,10 @@ fn compile_into(
     engine: &Engine,
     wasm_path: &Path,
     wasm: &[u8],
-    cache_dir: &Path,
     path: &Path,
+    origin: &Origin,
 ) -> Result<(Artifact, File)> {
+    let cache_dir = path.parent().unwrap_or(Path::new("."));
     let invalid = |what: &str, e: wasmtime::Error| {
         Error::new(
             Code::Compile,
@@ -268,7 +281,7 @@ fn compile_into(
         Artifact::Component(c) => c.serialize(),
     }
     .map_err(|e| Error::new(Code::Internal, chain(&e)))?;
-    store(cache_dir, path, &bytes)?;
+    store(cache_dir, path, &bytes, origin)?;
     let file = digest::open_verified(path).map_err(|d| {
         Error::new(
             Code::Io,
@@ -310,15 +323,83 @@ fn touch(path: &Path) {
 /// entry or a whole one, and never an entry without its record (an
 /// interruption between the two leaves a record alone, which [`prune`]
 /// removes later).
-fn store(cache_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
+fn store(cache_dir: &Path, dest: &Path, bytes: &[u8], origin: &Origin) -> Result<()> {
     fs::create_dir_all(cache_dir).map_err(|e| io("create cache directory", cache_dir, e))?;
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let record = Record::of(&name, bytes).to_text();
+    let record = Record::of(&name, bytes)
+        .with_origin(origin.clone())
+        .to_text();
     write_atomically(&digest::record_path(dest), record.as_bytes())?;
     write_atomically(dest, bytes)
+}
+
+/// Whether an entry can be written into `cache_dir` (creating it if need
+/// be): a read-only image layer or export, or a directory of another user,
+/// cannot take one.
+fn writable(cache_dir: &Path) -> std::result::Result<(), String> {
+    fs::create_dir_all(cache_dir).map_err(|e| e.to_string())?;
+    let probe = cache_dir.join(format!("probe{TEMP_MARK}{}", std::process::id()));
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .map_err(|e| e.to_string())?;
+    let _ = fs::remove_file(&probe);
+    Ok(())
+}
+
+/// The error for an entry that is missing or unusable in a cache that
+/// cannot be written; names what the cache holds for this module instead,
+/// and why it is not this engine's, from the entries' records (nothing is
+/// mapped).
+fn unwritable(cache_dir: &Path, path: &Path, origin: &Origin, why: Option<&str>, e: &str) -> Error {
+    let mut message = match why {
+        Some(why) => format!(
+            "cache entry {} cannot be used ({why}) and cannot be replaced: {e}",
+            path.display()
+        ),
+        None => format!(
+            "WasmCacheDir {} has no entry for this module as this server compiles it ({}), \
+             and it cannot be written: {e}",
+            cache_dir.display(),
+            path.file_name().unwrap_or_default().to_string_lossy()
+        ),
+    };
+    for (name, theirs) in same_module(cache_dir, &origin.module) {
+        let differs = difference(&theirs, &origin.engine)
+            .unwrap_or_else(|| "it was compiled by an engine with other settings".into());
+        message.push_str(&format!(
+            "; it holds {name} for this module, which is refused: {differs}"
+        ));
+    }
+    message.push_str(
+        "; fill the directory with mod_wasm-precompile on a machine with this server's CPU \
+         and mod_wasm build",
+    );
+    Error::new(Code::Io, message)
+}
+
+/// The entries in `cache_dir` whose records say they were compiled from the
+/// module whose SHA-256 is `module`, with the engine that compiled each.
+fn same_module(cache_dir: &Path, module: &[u8; 32]) -> Vec<(String, String)> {
+    let Ok(dir) = fs::read_dir(cache_dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(String, String)> = dir
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(digest::SUFFIX))
+        .filter_map(|e| Record::parse(&fs::read_to_string(e.path()).ok()?))
+        .filter_map(|r| {
+            let o = r.origin?;
+            (o.module == *module).then_some((r.entry, o.engine))
+        })
+        .collect();
+    found.sort();
+    found
 }
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> Error {
@@ -585,6 +666,79 @@ mod tests {
             e.message.contains(&entry.display().to_string())
                 && e.message.contains("cannot be used")
                 && e.message.contains("cannot be replaced"),
+            "{}",
+            e.message
+        );
+    }
+
+    /// Makes `cache` refuse new files for this process, as a read-only
+    /// mount would (tests may run as root, whom permissions do not stop).
+    fn block_writes(cache: &Path) {
+        fs::create_dir_all(cache.join(format!("probe{TEMP_MARK}{}", std::process::id()))).unwrap();
+    }
+
+    #[test]
+    fn a_missing_entry_in_a_cache_that_cannot_be_written_is_refused_before_compiling() {
+        let d = tmpdir("readonly");
+        let cache = d.join("cache");
+        let m = wat(&d, "hello.wasm", HELLO);
+        let first = precompile(&m, &cache).unwrap();
+        block_writes(&cache);
+        // Everything present: a read-only cache serves it.
+        assert!(precompile(&m, &cache).unwrap().hit);
+        // The module changed since the cache was filled.
+        let m = wat(
+            &d,
+            "hello.wasm",
+            &HELLO.replace("memory\") 1", "memory\") 2"),
+        );
+        let e = precompile(&m, &cache).unwrap_err();
+        assert_eq!(e.code, Code::Io);
+        assert!(
+            e.message.contains("has no entry for this module")
+                && e.message.contains("cannot be written")
+                && e.message.contains("mod_wasm-precompile")
+                && !e.message.contains("it holds"),
+            "{}",
+            e.message
+        );
+        // Nothing was written, and what was there is intact.
+        assert_eq!(
+            names(&cache)
+                .iter()
+                .filter(|n| n.ends_with(".cwasm"))
+                .count(),
+            1
+        );
+        assert!(first.cwasm.path.exists());
+    }
+
+    #[test]
+    fn an_entry_of_another_engine_is_refused_by_what_differs() {
+        let d = tmpdir("foreign");
+        let cache = d.join("cache");
+        let m = wat(&d, "hello.wasm", HELLO);
+        let entry = precompile(&m, &cache).unwrap().cwasm.path;
+        // What an older build would have left: the same module under the
+        // key of another Wasmtime.
+        let record = fs::read_to_string(digest::record_path(&entry)).unwrap();
+        let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+        let old = "hello-00000000000000000000000000000000.cwasm";
+        let ours = describe(EngineOptions::default());
+        let theirs = ours.replace("wasmtime=48.", "wasmtime=47.");
+        fs::write(
+            cache.join(format!("{old}{}", digest::SUFFIX)),
+            record.replace(&name, old).replace(&ours, &theirs),
+        )
+        .unwrap();
+        fs::rename(&entry, cache.join(old)).unwrap();
+        fs::remove_file(digest::record_path(&entry)).unwrap();
+        block_writes(&cache);
+        let e = precompile(&m, &cache).unwrap_err();
+        assert!(
+            e.message
+                .contains(&format!("it holds {old} for this module, which is refused"))
+                && e.message.contains("compiled by Wasmtime 47."),
             "{}",
             e.message
         );

@@ -47,6 +47,26 @@ pub struct Record {
     pub len: u64,
     /// The SHA-256 of its whole contents.
     pub sha256: [u8; 32],
+    /// What it was compiled from and by; absent in records of older
+    /// versions, which named entries the same way.
+    pub origin: Option<Origin>,
+}
+
+/// What an entry was compiled from and by: lets a server that finds no
+/// entry under its own name say why an entry of the same module is not
+/// its own (another Wasmtime, other settings, another CPU) without
+/// mapping it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The SHA-256 of the module's bytes.
+    pub module: [u8; 32],
+    /// The engine that compiled it, as [`crate::engine::describe`] says.
+    pub engine: String,
+}
+
+/// The SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }
 
 impl Record {
@@ -55,18 +75,31 @@ impl Record {
         Record {
             entry: entry.to_owned(),
             len: bytes.len() as u64,
-            sha256: Sha256::digest(bytes).into(),
+            sha256: sha256(bytes),
+            origin: None,
+        }
+    }
+
+    /// This record, saying what the entry was compiled from and by.
+    pub fn with_origin(self, origin: Origin) -> Record {
+        Record {
+            origin: Some(origin),
+            ..self
         }
     }
 
     /// The record as it is stored: one `key value` line per field.
     pub fn to_text(&self) -> String {
-        format!(
+        let mut text = format!(
             "{MAGIC}\nentry {}\nlen {}\nsha256 {}\n",
             self.entry,
             self.len,
             hex(&self.sha256)
-        )
+        );
+        if let Some(o) = &self.origin {
+            text.push_str(&format!("module {}\nengine {}\n", hex(&o.module), o.engine));
+        }
+        text
     }
 
     /// Parses [`Record::to_text`]'s output; `None` for anything else.
@@ -85,7 +118,20 @@ impl Record {
         let entry = field("entry")?;
         let len = field("len")?.parse().ok()?;
         let sha256 = unhex(&field("sha256")?)?;
-        Some(Record { entry, len, sha256 })
+        // Optional: a record without them is an older version's, still valid.
+        let origin = match field("module") {
+            Some(module) => Some(Origin {
+                module: unhex(&module)?,
+                engine: field("engine")?,
+            }),
+            None => None,
+        };
+        Some(Record {
+            entry,
+            len,
+            sha256,
+            origin,
+        })
     }
 }
 
@@ -219,6 +265,15 @@ mod tests {
             Record::parse(&r.to_text().replace("sha256 ", "sha256 z")),
             None
         );
+        let o = r.clone().with_origin(Origin {
+            module: sha256(b"wasm"),
+            engine: "wasmtime=48.0.8 cpu=avx2,sse4.2".into(),
+        });
+        assert_eq!(Record::parse(&o.to_text()), Some(o.clone()));
+        // A module line without its engine is not a record this version wrote.
+        let cut = o.to_text();
+        let cut = &cut[..cut.find("engine").unwrap()];
+        assert_eq!(Record::parse(cut), None);
         assert_eq!(
             record_path(Path::new("/c/a-00.cwasm")),
             Path::new("/c/a-00.cwasm.sum")

@@ -59,6 +59,121 @@ pub fn base_config(engine_options: EngineOptions) -> Config {
     config
 }
 
+/// What the `.cwasm` files of an engine with `engine_options` on this host
+/// depend on, as `key=value` words: the Wasmtime version, the settings
+/// that differ between engines, and the CPU features code generation uses.
+/// Cache records carry it (see [`crate::digest::Origin`]) so that an entry
+/// made by another engine can be refused by what differs; the entry's name
+/// holds Wasmtime's own compatibility hash, which is what decides.
+pub fn describe(engine_options: EngineOptions) -> String {
+    format!(
+        "wasmtime={} arch={} epochs={} concurrency={} cpu={}",
+        env!("MOD_WASM_WASMTIME_VERSION"),
+        std::env::consts::ARCH,
+        u8::from(engine_options.epochs),
+        u8::from(engine_options.concurrency),
+        cpu_features().join(",")
+    )
+}
+
+/// The features of this CPU that Cranelift's native target detects.
+fn cpu_features() -> Vec<&'static str> {
+    let mut found = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! probe {
+            ($($f:tt),*) => {
+                $(if std::arch::is_x86_feature_detected!($f) {
+                    found.push($f);
+                })*
+            };
+        }
+        probe!(
+            "sse3",
+            "ssse3",
+            "sse4.1",
+            "sse4.2",
+            "popcnt",
+            "avx",
+            "avx2",
+            "bmi1",
+            "bmi2",
+            "lzcnt",
+            "fma",
+            "cmpxchg16b",
+            "avx512bitalg",
+            "avx512dq",
+            "avx512f",
+            "avx512vl",
+            "avx512vbmi"
+        );
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        macro_rules! probe {
+            ($($f:tt),*) => {
+                $(if std::arch::is_aarch64_feature_detected!($f) {
+                    found.push($f);
+                })*
+            };
+        }
+        probe!("lse", "paca", "fp16");
+    }
+    found
+}
+
+/// Why an entry described by `theirs` is not one an engine described by
+/// `ours` can use, in words; `None` when the descriptions agree (the
+/// difference is then one this description does not cover).
+pub fn difference(theirs: &str, ours: &str) -> Option<String> {
+    let words = |d: &str| -> Vec<(String, String)> {
+        d.split(' ')
+            .filter_map(|w| w.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    };
+    let (theirs, ours) = (words(theirs), words(ours));
+    let get = |set: &[(String, String)], key: &str| {
+        set.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let mut why = Vec::new();
+    for key in ["wasmtime", "arch", "epochs", "concurrency"] {
+        let (t, o) = (get(&theirs, key), get(&ours, key));
+        if t != o {
+            why.push(match key {
+                "wasmtime" => format!("it was compiled by Wasmtime {t}, this server has {o}"),
+                _ => format!("it was compiled with {key}={t}, this server uses {key}={o}"),
+            });
+        }
+    }
+    let (t, o) = (get(&theirs, "cpu"), get(&ours, "cpu"));
+    let set = |s: &str| -> Vec<String> {
+        s.split(',')
+            .filter(|f| !f.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let (t, o) = (set(&t), set(&o));
+    let missing: Vec<_> = t.iter().filter(|f| !o.contains(f)).cloned().collect();
+    let extra: Vec<_> = o.iter().filter(|f| !t.contains(f)).cloned().collect();
+    if !missing.is_empty() {
+        why.push(format!(
+            "it was compiled for a CPU with {}, which this CPU lacks",
+            missing.join(", ")
+        ));
+    }
+    if !extra.is_empty() {
+        why.push(format!(
+            "it was compiled for a CPU without {}, which this CPU has",
+            extra.join(", ")
+        ));
+    }
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
 /// The engine the parent compiles with: parallel compilation, no pool.
 ///
 /// Creating it installs Wasmtime's signal handlers in the calling process, so
@@ -354,5 +469,31 @@ mod tests {
         assert_eq!(format_size(512), "512 B");
         assert_eq!(format_size(4 << 30), "4.0 GiB");
         assert_eq!(format_size((393 << 40) + (1 << 39)), "393.5 TiB");
+    }
+
+    #[test]
+    fn a_foreign_engine_is_told_apart_by_what_differs() {
+        let ours = describe(EngineOptions::default());
+        assert!(ours.starts_with("wasmtime=48."), "{ours}");
+        assert_eq!(difference(&ours, &ours), None);
+        let old = ours.replace("wasmtime=48.", "wasmtime=47.");
+        assert!(difference(&old, &ours)
+            .unwrap()
+            .contains("compiled by Wasmtime 47."));
+        let a = "wasmtime=48.0.8 arch=x86_64 epochs=1 concurrency=0 cpu=sse3,avx2,avx512f";
+        let b = "wasmtime=48.0.8 arch=x86_64 epochs=1 concurrency=1 cpu=sse3,avx2,bmi2";
+        let why = difference(a, b).unwrap();
+        assert!(
+            why.contains("concurrency=0, this server uses concurrency=1"),
+            "{why}"
+        );
+        assert!(
+            why.contains("CPU with avx512f, which this CPU lacks"),
+            "{why}"
+        );
+        assert!(
+            why.contains("CPU without bmi2, which this CPU has"),
+            "{why}"
+        );
     }
 }

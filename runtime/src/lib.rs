@@ -11,7 +11,9 @@
 //! the classification of how a run ended ([`outcome`]), the request body
 //! read ([`body`]) and the output sent ([`pipe`]) through the server while
 //! the guest runs, the [`status`] page. WASI preview-1 commands served
-//! CGI-style live in [`cgi`], `wasi:http` components in [`http`].
+//! CGI-style live in [`cgi`], `wasi:http` components in [`http`]. The
+//! `mod_wasm-precompile` command fills a cache for a fleet from what Apache
+//! lists of a configuration ([`listing`]).
 
 #![deny(missing_docs)]
 
@@ -26,6 +28,7 @@ pub mod ffi;
 pub mod forked;
 pub mod http;
 pub mod limits;
+pub mod listing;
 pub mod metrics;
 pub mod outcome;
 pub mod pipe;

@@ -81,6 +81,7 @@ pub unsafe extern "C" fn wasm_rt_precompile(
         let options = Options {
             trap_unknown_imports: o.trap_unknown_imports != 0,
             engine: engine_options(o.concurrency),
+            check_only: false,
         };
         let compiled = precompile_forked(&wasm, &cache, &options)?;
         let path = CString::new(compiled.cwasm.path.as_os_str().as_bytes())
