@@ -123,6 +123,79 @@ fn wasm_metrics_counts_requests_by_outcome_in_prometheus_format() {
     );
 }
 
+/// The text through Prometheus' own Python client's parser (Debian's
+/// python3-prometheus-client): every family and sample, or its error.
+fn parsed(text: &str) -> String {
+    use std::io::Write;
+    let mut p = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import sys\n\
+             from prometheus_client.parser import text_string_to_metric_families as parse\n\
+             for f in parse(sys.stdin.read()):\n\
+             \x20   print('family', f.name, f.type)\n\
+             \x20   for s in f.samples:\n\
+             \x20       print(s.name, sorted(s.labels.items()), s.value)\n",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 with python3-prometheus-client (make deps)");
+    p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the parser refused the output: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn prometheus_s_parser_reads_every_family_and_a_killed_child_loses_no_count() {
+    let s = Apache::start_with(Options::new(&site("")).mpm(Mpm::Prefork));
+    for _ in 0..6 {
+        assert_eq!(get(s.port, "/hello").status, 200);
+    }
+    assert_eq!(get(s.port, "/fault?trap").status, 500);
+    let ok = requests("/hello", "hello.wasm", "ok");
+    wait_for(&s, &ok, 6.0);
+    // Every child that served them, killed without a chance to say goodbye.
+    let children = s.child_pids();
+    assert!(!children.is_empty());
+    for pid in &children {
+        // SAFETY: a pid of this test's own server's child.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.child_pids().iter().any(|p| children.contains(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(s.port, "/hello").status, 200);
+    let text = wait_for(&s, &ok, 7.0);
+    let families = parsed(&text);
+    for family in [
+        "family mod_wasm_requests counter",
+        "family mod_wasm_runtime_seconds histogram",
+        "family mod_wasm_request_bytes counter",
+        "family mod_wasm_response_bytes counter",
+        "family mod_wasm_children gauge",
+        "family mod_wasm_slots gauge",
+        "family mod_wasm_busy_slots gauge",
+        "family mod_wasm_kept_instances gauge",
+        "family mod_wasm_engines gauge",
+    ] {
+        assert!(families.contains(family), "{family}\n{families}");
+    }
+    let trap = "mod_wasm_requests_total [('location', '/fault'), ('module', 'fault.wasm'), \
+                ('outcome', 'trap')] 1.0";
+    assert!(families.contains(trap), "{families}");
+    let count =
+        "mod_wasm_runtime_seconds_count [('location', '/hello'), ('module', 'hello.wasm')] 7.0";
+    assert!(families.contains(count), "{families}");
+}
+
 #[test]
 fn request_body_bytes_and_the_access_log_s_outcome_are_recorded() {
     let s = Apache::start(&site(""));
@@ -192,7 +265,7 @@ fn counters_survive_children_that_exit_and_graceful_restarts() {
 
 #[test]
 fn wasm_status_and_mod_status_show_the_whole_server() {
-    let s = Apache::start(&site(""));
+    let s = Apache::start(&site("ExtendedStatus On\n"));
     for _ in 0..3 {
         assert_eq!(get(s.port, "/hello").status, 200);
     }
