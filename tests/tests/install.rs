@@ -39,6 +39,13 @@ fn make_install_with_destdir_gives_a_loadable_module() {
         "{load}"
     );
     assert!(dest.join("etc/apache2/mods-available/wasm.conf").is_file());
+    let tool = dest.join("usr/local/bin/mod_wasm-precompile");
+    let engine = Command::new(&tool).arg("--engine").output().unwrap();
+    assert!(
+        engine.status.success() && String::from_utf8_lossy(&engine.stdout).starts_with("wasmtime="),
+        "{}",
+        tool.display()
+    );
 
     // The installed copy, loaded from where it was installed, with no
     // LD_LIBRARY_PATH (the harness removes it): the rpath finds the runtime.
