@@ -239,6 +239,42 @@ fn request_body_bytes_and_the_access_log_s_outcome_are_recorded() {
 }
 
 #[test]
+fn counts_of_two_event_children_add_up() {
+    let s = Apache::start(&site(
+        "StartServers 2\nMinSpareThreads 16\nCustomLog @DIR@/pids.log \"%P\"\n",
+    ));
+    // Enough connections at once that both children take some.
+    let port = s.port;
+    let mut pids = std::collections::BTreeSet::new();
+    for _round in 0..10 {
+        let threads: Vec<_> = (0..8)
+            .map(|_| std::thread::spawn(move || get(port, "/hello").status))
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), 200);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        pids = std::fs::read_to_string(s.dir.join("pids.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        if pids.len() >= 2 {
+            break;
+        }
+    }
+    assert!(pids.len() >= 2, "one child served everything: {pids:?}");
+    // A request is logged just after its response went out.
+    std::thread::sleep(Duration::from_millis(300));
+    let served = std::fs::read_to_string(s.dir.join("pids.log"))
+        .unwrap()
+        .lines()
+        .count();
+    let text = wait_for(&s, &requests("/hello", "hello.wasm", "ok"), served as f64);
+    assert_eq!(sample(&text, "mod_wasm_children"), Some(2.0), "{text}");
+}
+
+#[test]
 fn counters_survive_children_that_exit_and_graceful_restarts() {
     // Every child exits after two connections: the requests are counted
     // by many children, most of them gone when the counters are read.
