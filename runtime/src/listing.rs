@@ -115,7 +115,7 @@ pub fn parse(stdout: &[u8]) -> Result<Listing, String> {
 
 fn unhex(text: &str) -> Result<OsString, String> {
     let bad = || format!("not hexadecimal: {text}");
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(bad());
     }
     let bytes = (0..text.len())
