@@ -182,37 +182,43 @@ static int wasm_check_runtime(apr_pool_t *ptemp, server_rec *s)
     return HTTP_INTERNAL_SERVER_ERROR;
 }
 
-/* Writes `text` as hexadecimal: paths may hold any byte but a newline. */
-static void wasm_put_hex(apr_file_t *out, const char *text)
+/* `text` as hexadecimal: paths may hold any byte but a newline. */
+static const char *wasm_hex(apr_pool_t *p, const char *text)
 {
-    for (; *text; text++) {
-        apr_file_printf(out, "%02x", (unsigned char)*text);
+    char *out = apr_palloc(p, 2 * strlen(text) + 1), *o = out;
+
+    for (; *text; text++, o += 2) {
+        apr_snprintf(o, 3, "%02x", (unsigned char)*text);
     }
+    *o = '\0';
+    return out;
 }
 
 /* `apache2 -t -D MOD_WASM_PRECOMPILE_LIST`: what mod_wasm-precompile
  * compiles, as Apache's own parser read the configuration (Includes,
- * <IfDefine>, ServerRoot-relative paths), one line per fact on stdout. */
-static void wasm_precompile_list(void)
+ * <IfDefine>, ServerRoot-relative paths), on stdout. Each line is written
+ * at once, after a newline, and an end line gives the count, so that what
+ * another module prints cannot hide or cut a line unnoticed. */
+static void wasm_precompile_list(apr_pool_t *p)
 {
     apr_file_t *out;
     int i;
 
-    if (apr_file_open_stdout(&out, wasm_modules->pool) != APR_SUCCESS) {
+    if (apr_file_open_stdout(&out, p) != APR_SUCCESS) {
         return;
     }
-    apr_file_printf(out, "mod_wasm-precompile cache-dir ");
-    wasm_put_hex(out, wasm_cache_dir);
-    apr_file_printf(out, "\n");
+    apr_file_puts(apr_pstrcat(p, "\nmod_wasm-precompile cache-dir ",
+                              wasm_hex(p, wasm_cache_dir ? wasm_cache_dir : ""),
+                              "\n", NULL), out);
     for (i = 0; i < wasm_modules->nelts; i++) {
         const wasm_module_rec *m = &APR_ARRAY_IDX(wasm_modules, i,
                                                   wasm_module_rec);
-        apr_file_printf(out, "mod_wasm-precompile module ");
-        wasm_put_hex(out, m->path);
-        apr_file_printf(out, " %d ", m->trap_unknown ? 1 : 0);
-        wasm_put_hex(out, m->defined_at);
-        apr_file_printf(out, "\n");
+        apr_file_puts(apr_psprintf(p, "mod_wasm-precompile module %s %d %s\n",
+                                   wasm_hex(p, m->path), m->trap_unknown ? 1 : 0,
+                                   wasm_hex(p, m->defined_at)), out);
     }
+    apr_file_puts(apr_psprintf(p, "mod_wasm-precompile end %d\n",
+                               wasm_modules->nelts), out);
     apr_file_flush(out);
 }
 
@@ -233,7 +239,7 @@ static int wasm_check_config(apr_pool_t *pconf, apr_pool_t *plog,
     if (ap_state_query(AP_SQ_RUN_MODE) == AP_SQ_RM_CONFIG_TEST
         && ap_exists_config_define("MOD_WASM_PRECOMPILE_LIST")) {
         /* The command compiles, with its own progress; not this pass. */
-        wasm_precompile_list();
+        wasm_precompile_list(ptemp);
         return OK;
     }
     /* Decided from every module before any is compiled: the setting is

@@ -166,18 +166,22 @@ pub fn precompile_with(wasm_path: &Path, cache_dir: &Path, opts: &Options) -> Re
     };
     let (module, file, hit, replaced) = match load_cached(&engine, &path, is_component(&wasm)) {
         Ok((module, file)) => {
-            touch(&path);
+            if !opts.check_only {
+                touch(&path);
+            }
             (module, file, true, None)
         }
         Err(why) => {
             // Before compiling, which takes seconds for an interpreter: a
             // cache that cannot take the entry is refused now, by name.
-            let refusal = if opts.check_only {
-                Err("nothing is written when only checking".to_owned())
-            } else {
-                writable(cache_dir)
-            };
-            if let Err(e) = refusal {
+            if opts.check_only {
+                let what = why.as_deref().unwrap_or("it does not exist");
+                return Err(Error::new(
+                    Code::Io,
+                    format!("cache entry {} cannot be used: {what}", path.display()),
+                ));
+            }
+            if let Err(e) = writable(cache_dir) {
                 return Err(unwritable(cache_dir, &path, &origin, why.as_deref(), &e));
             }
             let (module, file) = compile_into(&engine, wasm_path, &wasm, &path, &origin).map_err(
@@ -340,14 +344,18 @@ fn store(cache_dir: &Path, dest: &Path, bytes: &[u8], origin: &Origin) -> Result
 /// be): a read-only image layer or export, or a directory of another user,
 /// cannot take one.
 fn writable(cache_dir: &Path) -> std::result::Result<(), String> {
-    fs::create_dir_all(cache_dir).map_err(|e| e.to_string())?;
+    fs::create_dir_all(cache_dir)
+        .map_err(|e| format!("cannot create {}: {e}", cache_dir.display()))?;
     let probe = cache_dir.join(format!("probe{TEMP_MARK}{}", std::process::id()));
+    // A leftover of this pid (another pid namespace, a crash) is ours to
+    // replace; never follow a link someone planted under the name.
+    let _ = fs::remove_file(&probe);
     fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&probe)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("cannot create {}: {e}", probe.display()))?;
     let _ = fs::remove_file(&probe);
     Ok(())
 }
@@ -369,7 +377,7 @@ fn unwritable(cache_dir: &Path, path: &Path, origin: &Origin, why: Option<&str>,
             path.file_name().unwrap_or_default().to_string_lossy()
         ),
     };
-    for (name, theirs) in same_module(cache_dir, &origin.module) {
+    for (name, theirs) in same_module(cache_dir, path, &origin.module) {
         let differs = difference(&theirs, &origin.engine)
             .unwrap_or_else(|| "it was compiled by an engine with other settings".into());
         message.push_str(&format!(
@@ -383,24 +391,46 @@ fn unwritable(cache_dir: &Path, path: &Path, origin: &Origin, why: Option<&str>,
     Error::new(Code::Io, message)
 }
 
-/// The entries in `cache_dir` whose records say they were compiled from the
-/// module whose SHA-256 is `module`, with the engine that compiled each.
-fn same_module(cache_dir: &Path, module: &[u8; 32]) -> Vec<(String, String)> {
+/// The entries in `cache_dir`, other than `own`, whose records say they
+/// were compiled from the module whose SHA-256 is `module`, with the engine
+/// that compiled each (at most [`SAME_MODULE_MAX`], so a message stays
+/// short). Only small regular files named like records of this module's
+/// entries are read.
+fn same_module(cache_dir: &Path, own: &Path, module: &[u8; 32]) -> Vec<(String, String)> {
     let Ok(dir) = fs::read_dir(cache_dir) else {
         return Vec::new();
     };
+    let own = own.file_name().unwrap_or_default().to_string_lossy();
+    let stem = own.rsplit_once('-').map_or("", |(stem, _)| stem);
+    let record_suffix = format!(".{EXTENSION}{}", digest::SUFFIX);
     let mut found: Vec<(String, String)> = dir
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(digest::SUFFIX))
-        .filter_map(|e| Record::parse(&fs::read_to_string(e.path()).ok()?))
-        .filter_map(|r| {
-            let o = r.origin?;
-            (o.module == *module).then_some((r.entry, o.engine))
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let entry = name.strip_suffix(digest::SUFFIX)?.to_owned();
+            let small_file = e.metadata().is_ok_and(|m| m.is_file() && m.len() <= 4096);
+            (name.ends_with(&record_suffix)
+                && name.starts_with(&format!("{stem}-"))
+                && entry != own
+                && small_file)
+                .then_some((entry, e.path()))
+        })
+        .filter_map(|(entry, path)| {
+            let o = Record::parse(&fs::read_to_string(path).ok()?)?.origin?;
+            let printable = o
+                .engine
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "=.,_ -".contains(c));
+            (o.module == *module && printable).then_some((entry, o.engine))
         })
         .collect();
     found.sort();
+    found.truncate(SAME_MODULE_MAX);
     found
 }
+
+/// The most entries of other engines one refusal names.
+const SAME_MODULE_MAX: usize = 3;
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> Error {
     Error::new(Code::Io, format!("cannot {what} {}: {e}", path.display()))
@@ -413,10 +443,11 @@ fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
     tmp.push(format!("{TEMP_MARK}{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
     let result = (|| {
+        let _ = fs::remove_file(&tmp);
         let mut f = fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .mode(0o644)
             .open(&tmp)
             .map_err(|e| io("create", &tmp, e))?;
@@ -665,7 +696,9 @@ mod tests {
         assert!(
             e.message.contains(&entry.display().to_string())
                 && e.message.contains("cannot be used")
-                && e.message.contains("cannot be replaced"),
+                && e.message.contains("cannot be replaced")
+                // Its own record is not another engine's entry.
+                && !e.message.contains("it holds"),
             "{}",
             e.message
         );

@@ -77,6 +77,7 @@ pub fn read(httpd: &[OsString], args: &[OsString]) -> Result<Listing, String> {
 pub fn parse(stdout: &[u8]) -> Result<Listing, String> {
     let mut cache_dir = None;
     let mut modules = Vec::new();
+    let mut end = None;
     for line in stdout.split(|&b| b == b'\n') {
         let line = String::from_utf8_lossy(line);
         let mut words = line.split(' ');
@@ -85,8 +86,16 @@ pub fn parse(stdout: &[u8]) -> Result<Listing, String> {
         }
         let bad = || format!("malformed line in mod_wasm's listing: {line}");
         match words.next() {
-            Some("cache-dir") => {
+            Some("cache-dir") if cache_dir.is_none() => {
                 cache_dir = Some(PathBuf::from(unhex(words.next().ok_or_else(bad)?)?));
+            }
+            Some("end") if end.is_none() => {
+                end = Some(
+                    words
+                        .next()
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .ok_or_else(bad)?,
+                );
             }
             Some("module") => {
                 let path = PathBuf::from(unhex(words.next().ok_or_else(bad)?)?);
@@ -107,15 +116,25 @@ pub fn parse(stdout: &[u8]) -> Result<Listing, String> {
             _ => return Err(bad()),
         }
     }
-    Ok(Listing {
-        cache_dir: cache_dir.ok_or_else(|| "Apache printed no mod_wasm listing".to_owned())?,
-        modules,
-    })
+    let cache_dir = cache_dir.ok_or_else(|| "Apache printed no mod_wasm listing".to_owned())?;
+    // A line cut or hidden by another module's output would otherwise pass
+    // as a module that is not configured.
+    if end != Some(modules.len()) {
+        return Err(format!(
+            "mod_wasm's listing is incomplete: {} module line(s) read, the listing says {}",
+            modules.len(),
+            end.map_or("nothing".to_owned(), |n| n.to_string())
+        ));
+    }
+    if cache_dir.as_os_str().is_empty() {
+        return Err("mod_wasm's listing names no cache directory".into());
+    }
+    Ok(Listing { cache_dir, modules })
 }
 
 fn unhex(text: &str) -> Result<OsString, String> {
     let bad = || format!("not hexadecimal: {text}");
-    if !text.len().is_multiple_of(2) {
+    if text.is_empty() || !text.len().is_multiple_of(2) {
         return Err(bad());
     }
     let bytes = (0..text.len())
@@ -135,7 +154,11 @@ fn unhex(text: &str) -> Result<OsString, String> {
 /// directories.
 pub fn default_httpd() -> Option<OsString> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    // Absolute directories only: a relative one would find a program in
+    // whatever directory the command runs from.
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path)
+        .filter(|d| d.is_absolute())
+        .collect();
     dirs.extend(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
     ["apache2ctl", "apachectl", "apache2", "httpd"]
         .iter()
@@ -152,7 +175,8 @@ mod tests {
     fn the_shim_s_listing_is_read_and_other_lines_are_ignored() {
         let text = b"Syntax OK\nmod_wasm-precompile cache-dir 2f632f6420780a\n\
             mod_wasm-precompile module 2f612e7761736d 1 632e636f6e663a33\n\
-            mod_wasm-precompile module 2f622e7761736d 0 632e636f6e663a37\n";
+            mod_wasm-precompile module 2f622e7761736d 0 632e636f6e663a37\n\
+            mod_wasm-precompile end 2\n";
         let l = parse(text).unwrap();
         assert_eq!(l.cache_dir, PathBuf::from("/c/d x\n"));
         assert_eq!(l.modules.len(), 2);
@@ -171,5 +195,15 @@ mod tests {
         assert!(parse(b"mod_wasm-precompile cache-dir 2g\n").is_err());
         assert!(parse(b"mod_wasm-precompile cache-dir 2\n").is_err());
         assert!(parse(b"mod_wasm-precompile what\n").is_err());
+        // A module line another module's output cut off its mark.
+        let cut = b"mod_wasm-precompile cache-dir 2f\nnoisemod_wasm-precompile module 2f 0 61\n\
+            mod_wasm-precompile end 1\n";
+        assert!(parse(cut).unwrap_err().contains("incomplete"));
+        let twice = b"mod_wasm-precompile cache-dir 2f\nmod_wasm-precompile cache-dir 2f\n\
+            mod_wasm-precompile end 0\n";
+        assert!(parse(twice).is_err());
+        assert!(parse(b"mod_wasm-precompile cache-dir 2f\n")
+            .unwrap_err()
+            .contains("incomplete"));
     }
 }
