@@ -15,6 +15,15 @@ use wasm_runtime::cache::{precompile_with, Options};
 use wasm_runtime::engine::{describe, EngineOptions};
 use wasm_runtime::listing::{self, Listed};
 
+/// `println!` that does not panic when stdout is closed early
+/// (`mod_wasm-precompile … | head`): the work goes on, its status decides.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 const USAGE: &str = "\
 usage: mod_wasm-precompile -f HTTPD.CONF [--httpd COMMAND] [--cache-dir DIR] [--check] [-- APACHE-ARGS...]
        mod_wasm-precompile --cache-dir DIR [--trap-unknown-imports] [--check] MODULE.wasm...
@@ -30,7 +39,9 @@ usage: mod_wasm-precompile -f HTTPD.CONF [--httpd COMMAND] [--cache-dir DIR] [--
   --trap-unknown-imports  check MODULEs as WasmTrapUnknownImports On does
   --check                 compile nothing: exit 1 unless every entry is there
   --engine                print what this machine's entries depend on
-                          (Wasmtime, settings, CPU features)
+                          (Wasmtime, settings, CPU features), for modules
+                          without a wasi:http 0.3 component among them
+                          (with one, every entry has concurrency=1)
 
 Give a server's modules together: as the server does, a wasi:http 0.3
 component among them makes every module compile for the component model's
@@ -91,7 +102,7 @@ fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) if e.is_empty() => {
-            println!("{USAGE}");
+            say!("{USAGE}");
             return ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -100,7 +111,7 @@ fn main() -> ExitCode {
         }
     };
     if args.engine {
-        println!("{}", describe(EngineOptions::default()));
+        say!("{}", describe(EngineOptions::default()));
         return ExitCode::SUCCESS;
     }
     match run(&args) {
@@ -150,7 +161,7 @@ fn run(args: &Args) -> Result<bool, String> {
         }
     });
     if modules.is_empty() {
-        println!("no WasmModule is configured: nothing to compile");
+        say!("no WasmModule is configured: nothing to compile");
         return Ok(true);
     }
     // As the server decides it (mod_wasm.c, wasm_check_config): from every
@@ -162,7 +173,7 @@ fn run(args: &Args) -> Result<bool, String> {
         concurrency,
         ..EngineOptions::default()
     };
-    println!(
+    say!(
         "{} {} module(s) in {}{}",
         if args.check { "checking" } else { "compiling" },
         modules.len(),
@@ -178,7 +189,7 @@ fn run(args: &Args) -> Result<bool, String> {
     let total = modules.len();
     for (i, m) in modules.iter().enumerate() {
         let size = std::fs::metadata(&m.path).map(|md| md.len()).unwrap_or(0);
-        println!(
+        say!(
             "[{}/{total}] {} ({:.1} MB)",
             i + 1,
             m.path.display(),
@@ -195,14 +206,14 @@ fn run(args: &Args) -> Result<bool, String> {
         match result {
             Ok(c) if c.hit => {
                 hits += 1;
-                println!("  already in the cache: {}", c.cwasm.path.display());
+                say!("  already in the cache: {}", c.cwasm.path.display());
             }
             Ok(c) => {
                 compiled += 1;
                 if let Some(why) = &c.replaced {
-                    println!("  replaced an entry that could not be used ({why})");
+                    say!("  replaced an entry that could not be used ({why})");
                 }
-                println!(
+                say!(
                     "  compiled in {:.1} s into {}",
                     c.millis as f64 / 1000.0,
                     c.cwasm.path.display()
@@ -210,11 +221,11 @@ fn run(args: &Args) -> Result<bool, String> {
             }
             Err(e) => {
                 failed += 1;
-                println!("  FAILED (WasmModule at {}): {}", m.defined_at, e.message);
+                say!("  FAILED (WasmModule at {}): {}", m.defined_at, e.message);
             }
         }
     }
-    println!(
+    say!(
         "{total} module(s): {hits} already in the cache, {compiled} compiled, {failed} failed \
          ({:.1} s)",
         started.elapsed().as_secs_f64()
